@@ -1,0 +1,120 @@
+"""Configurations: one dict per model/dataset, with the paper's numbers.
+
+The keys are ssd.pytorch's (``feature_maps``, ``min_dim``, ``steps``,
+``min_sizes``, ``max_sizes``, ``aspect_ratios``, ``variance``, ``clip``,
+``num_classes``, ``lr_steps``, ``max_iter``, ``name``). Optional keys describe
+the network when it differs from the paper's VGG16 SSD300:
+
+``base``      the VGG layer list ('M' max-pool, 'C' ceil-mode max-pool, int conv)
+``fc``        channels of fc6/fc7 (1024 in the paper)
+``extras``    the extra-layer list ('S' makes the next conv stride 2 pad 1,
+              'K' makes the next conv a 4x4 pad 1 conv, as SSD512's conv12_2)
+``mbox``      priors per location for each source
+``batch_norm`` BatchNorm after every VGG conv (off for the paper's models)
+"""
+import os.path
+
+HOME = os.path.expanduser("~")
+
+# BGR means of ImageNet, subtracted from BGR images (ssd.pytorch / Caffe).
+MEANS = (104, 117, 123)
+
+# colours for drawing, one per class (BGR)
+COLORS = ((255, 0, 0, 128), (0, 255, 0, 128), (0, 0, 255, 128),
+          (0, 255, 255, 128), (255, 0, 255, 128), (255, 255, 0, 128))
+
+# The paper's VGG16 and extra layers (ssd.pytorch's lists).
+BASE_VGG16 = [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'C',
+              512, 512, 512, 'M', 512, 512, 512]
+EXTRAS_300 = [256, 'S', 512, 128, 'S', 256, 128, 256, 128, 256]
+EXTRAS_512 = [256, 'S', 512, 128, 'S', 256, 128, 'S', 256, 128, 'S', 256,
+              128, 'K', 256]
+
+# SSD300 on VOC (paper Table 1 setting: 8732 priors)
+voc = {
+    'num_classes': 21,
+    'lr_steps': (80000, 100000, 120000),
+    'max_iter': 120000,
+    'feature_maps': [38, 19, 10, 5, 3, 1],
+    'min_dim': 300,
+    'steps': [8, 16, 32, 64, 100, 300],
+    'min_sizes': [30, 60, 111, 162, 213, 264],
+    'max_sizes': [60, 111, 162, 213, 264, 315],
+    'aspect_ratios': [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+    'variance': [0.1, 0.2],
+    'clip': True,
+    'name': 'VOC',
+    'base': BASE_VGG16, 'fc': 1024, 'extras': EXTRAS_300,
+    'mbox': [4, 6, 6, 6, 4, 4], 'batch_norm': False,
+}
+
+# SSD300 on COCO: 80 classes + background (ssd.pytorch said 201 by mistake)
+coco = dict(voc, **{
+    'num_classes': 81,
+    'lr_steps': (280000, 360000, 400000),
+    'max_iter': 400000,
+    'min_sizes': [21, 45, 99, 153, 207, 261],
+    'max_sizes': [45, 99, 153, 207, 261, 315],
+    'name': 'COCO',
+})
+
+# SSD512 on VOC (Caffe ssd_pascal_512: 24564 priors, conv12_2 is 4x4)
+voc512 = dict(voc, **{
+    'feature_maps': [64, 32, 16, 8, 4, 2, 1],
+    'min_dim': 512,
+    'steps': [8, 16, 32, 64, 128, 256, 512],
+    'min_sizes': [35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8],
+    'max_sizes': [76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6],
+    'aspect_ratios': [[2], [2, 3], [2, 3], [2, 3], [2, 3], [2], [2]],
+    'extras': EXTRAS_512,
+    'mbox': [4, 6, 6, 6, 6, 4, 4],
+    'name': 'VOC512',
+})
+
+# SSD512 on COCO (Caffe ssd_coco_512)
+coco512 = dict(voc512, **{
+    'num_classes': 81,
+    'lr_steps': (280000, 360000, 400000),
+    'max_iter': 400000,
+    'min_sizes': [20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8],
+    'max_sizes': [51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72],
+    'name': 'COCO512',
+})
+
+# A small SSD for CPU demos on the synthetic shapes dataset: the same
+# architecture (VGG-style base with L2Norm on its conv4_3, atrous fc6/fc7,
+# extra layers, multibox heads) at 1/4 width, 160x160 input, BatchNorm.
+shapes = {
+    'num_classes': 6,
+    'lr_steps': (3000, 4000),
+    'max_iter': 4500,
+    'feature_maps': [20, 10, 5, 3, 1],
+    'min_dim': 160,
+    'steps': [8, 16, 32, 160 / 3, 160],
+    'min_sizes': [16, 40, 72, 104, 136],
+    'max_sizes': [40, 72, 104, 136, 168],
+    'aspect_ratios': [[2], [2, 3], [2, 3], [2], [2]],
+    'variance': [0.1, 0.2],
+    'clip': True,
+    'name': 'shapes',
+    'base': [16, 'M', 32, 'M', 64, 64, 'C', 128, 128, 'M', 128, 128],
+    'fc': 256,
+    'extras': [64, 'S', 128, 32, 'S', 64, 32, 64],
+    'mbox': [4, 6, 6, 4, 4],
+    'batch_norm': True,
+}
+
+CONFIGS = {'voc': voc, 'coco': coco, 'voc512': voc512, 'coco512': coco512,
+           'shapes': shapes}
+
+
+def config_for(num_classes=21, size=300):
+    """Pick the prior geometry for a dataset with ``num_classes`` and input
+    ``size``: COCO's when num_classes is 81, VOC's otherwise (custom data)."""
+    if size not in (300, 512):
+        raise ValueError(f"size must be 300 or 512, got {size!r}")
+    if num_classes == 81:
+        cfg = coco if size == 300 else coco512
+    else:
+        cfg = voc if size == 300 else voc512
+    return dict(cfg, num_classes=num_classes)

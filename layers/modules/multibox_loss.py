@@ -1,0 +1,102 @@
+"""The SSD multibox loss: matching, hard-negative mining and normalisation."""
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..box_utils import match, pad_targets
+
+
+class MultiBoxLoss(nn.Module):
+    """SSD weighted loss: Smooth-L1 localisation plus softmax confidence.
+
+    1. Match priors to ground truth (:func:`layers.box_utils.match`): positives
+       are priors with IoU >= ``overlap_thresh`` plus each object's best prior.
+    2. Localisation: Smooth-L1 between predicted and encoded offsets, summed
+       over positives.
+    3. Confidence: cross-entropy summed over positives and hard negatives, the
+       ``neg_pos`` x num_pos negatives of each image with the largest
+       background loss (ranked by a double argsort over one no-grad
+       ``log_softmax``, no loop over images).
+    4. ``L(x, c, l, g) = (L_conf + alpha * L_loc) / N`` with ``alpha = 1``.
+
+    **Should loss_l and loss_c be divided by N?** Yes. N is the number of
+    matched (positive) priors in the batch; the paper defines the loss as the
+    sum over matches divided by N, and the learning rate 1e-3 of the paper is
+    tuned for that scale. Without the division the gradient grows with the
+    number of objects in the batch (hundreds of positives at batch 32), so the
+    effective learning rate is a hundred times too large and varies from batch
+    to batch: training is unstable or must use a smaller lr, and ends several
+    mAP points lower. N is clamped to at least 1, so that a batch with no
+    objects gives a finite (zero) loss, never NaN; under DDP, N is summed over
+    all processes, so that every GPU optimises the same objective as one GPU
+    on the global batch. See ``doc/loss_normalization.md``.
+
+    Args (ssd.pytorch's constructor): num_classes, overlap_thresh (0.5),
+        prior_for_matching (unused, True), bkg_label (0), neg_mining (True),
+        neg_pos (3), neg_overlap (unused, 0.5), encode_target (unused, False),
+        use_gpu (accepted; the device follows the inputs).
+    Keyword-only: ``variance`` (0.1, 0.2); ``divide_by_n`` (True; False sums,
+        for the ablation in doc/loss_normalization.md).
+
+    Call ``loss((loc [B, P, 4], conf [B, P, C], priors [P, 4]), targets)``
+    where targets is a list of ``[n_i, 5]`` tensors ``(x1, y1, x2, y2, label)``
+    normalised to [0, 1], label without background. Returns float32 scalars
+    ``(loss_l, loss_c)``.
+    """
+
+    def __init__(self, num_classes, overlap_thresh=0.5, prior_for_matching=True,
+                 bkg_label=0, neg_mining=True, neg_pos=3, neg_overlap=0.5,
+                 encode_target=False, use_gpu=True, *, variance=(0.1, 0.2),
+                 divide_by_n=True):
+        super().__init__()
+        self.num_classes = num_classes
+        self.threshold = overlap_thresh
+        self.background_label = bkg_label
+        self.use_prior_for_matching = prior_for_matching
+        self.do_neg_mining = neg_mining
+        self.negpos_ratio = neg_pos
+        self.neg_overlap = neg_overlap
+        self.encode_target = encode_target
+        self.use_gpu = use_gpu
+        self.variance = tuple(variance)
+        self.divide_by_n = divide_by_n
+
+    def forward(self, predictions, targets):
+        loc_data, conf_data, priors = predictions
+        loc_data, conf_data = loc_data.float(), conf_data.float()
+        B, P, _ = loc_data.shape
+        priors = priors[:P].to(loc_data.device, torch.float32)
+        with torch.no_grad():
+            truths, labels, valid = pad_targets(targets, loc_data.device)
+            loc_t, conf_t = match(self.threshold, truths, priors, self.variance,
+                                  labels, valid=valid)
+            pos = conf_t > 0                                             # [B, P]
+            num_pos = pos.sum(1, keepdim=True)
+            selected = pos | self._hard_negatives(conf_data, pos, num_pos)
+
+        loss_l = F.smooth_l1_loss(loc_data, loc_t, reduction='none').sum(-1)
+        loss_l = (loss_l * pos).sum()
+        loss_c = F.cross_entropy(conf_data[selected], conf_t[selected],
+                                 reduction='sum')
+        if not self.divide_by_n:
+            return loss_l, loss_c
+        n = num_pos.sum().float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(n)
+            n = n / dist.get_world_size()   # DDP averages gradients over ranks
+        n = n.clamp(min=1)
+        return loss_l / n, loss_c / n
+
+    def _hard_negatives(self, conf_data, pos, num_pos):
+        """``[B, P]`` bool: the ``neg_pos * num_pos`` negatives of each image
+        with the largest background cross-entropy (none if not mining)."""
+        if not self.do_neg_mining:
+            return torch.zeros_like(pos)
+        bkg = self.background_label
+        mining = -F.log_softmax(conf_data, dim=-1)[..., bkg]
+        mining = mining.masked_fill(pos, 0.0)
+        _, loss_idx = mining.sort(1, descending=True)
+        _, idx_rank = loss_idx.sort(1)
+        num_neg = (self.negpos_ratio * num_pos).clamp(max=pos.shape[1] - 1)
+        return (idx_rank < num_neg) & ~pos

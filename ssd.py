@@ -1,0 +1,196 @@
+"""SSD: Single Shot MultiBox Detector (Liu et al., ECCV 2016).
+
+The network is ssd.pytorch's, with the same module lists and state-dict keys
+(``vgg.N``, ``L2Norm.weight``, ``extras.N``, ``loc.N``, ``conf.N``), so that
+its published weights load unchanged. Layer names of the paper, for SSD300's
+``vgg`` list (the ReLU of each conv follows it):
+
+    ========  ==========  =========================================
+    paper     vgg index   notes
+    ========  ==========  =========================================
+    conv1_1   0, 2        conv1_2 at 2; pool1 at 4
+    conv2_x   5, 7        pool2 at 9
+    conv3_x   10, 12, 14  pool3 at 16 (ceil mode: 75 -> 38)
+    conv4_3   21          ReLU at 22 -> L2Norm(512, 20) -> source 1
+    pool4     23
+    conv5_x   24, 26, 28
+    pool5     30          3x3, stride 1, pad 1
+    fc6       31          3x3 atrous, dilation 6, 1024 channels
+    fc7       33          1x1, 1024 channels; ReLU at 34 -> source 2
+    ========  ==========  =========================================
+
+``extras`` holds convs only (ReLU is applied in forward); every odd index is a
+source: conv8_2 (extras.1), conv9_2 (3), conv10_2 (5), conv11_2 (7), and for
+SSD512 conv12_2 (extras.9, a 4x4 conv as in Caffe).
+"""
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data.config import config_for
+from layers import Detect, L2Norm, PriorBox
+
+
+class SSD(nn.Module):
+    """Single Shot MultiBox Detector.
+
+    Args:
+        phase: 'train' or 'test'.
+        size: input side (300, 512, or the preset's ``min_dim``).
+        base, extras, head: the module lists from :func:`vgg`,
+            :func:`add_extras` and :func:`multibox`.
+        num_classes: classes including background.
+        cfg: the config dict (priors and network description).
+
+    ``forward(x)`` takes ``[N, 3, size, size]`` float images. In 'train' phase
+    it returns ``(loc [N, P, 4], conf [N, P, C] logits, priors [P, 4])``; in
+    'test' phase it returns ``[N, C, top_k, 5]`` detections, each row
+    ``(score, x1, y1, x2, y2)`` in [0, 1].
+    """
+
+    def __init__(self, phase, size, base, extras, head, num_classes, cfg=None,
+                 top_k=200, conf_thresh=0.01, nms_thresh=0.45):
+        super().__init__()
+        self.phase = phase
+        self.num_classes = num_classes
+        self.cfg = cfg if cfg is not None else config_for(num_classes, size)
+        self.size = size
+        self.priorbox = PriorBox(self.cfg)
+        self.register_buffer('priors', self.priorbox.forward(), persistent=False)
+        self.vgg = nn.ModuleList(base)
+        self.conv4_3_end = _conv4_3_end(self.vgg)
+        self.L2Norm = L2Norm(_source_channels(self.vgg[:self.conv4_3_end]), 20)
+        self.extras = nn.ModuleList(extras)
+        self.loc = nn.ModuleList(head[0])
+        self.conf = nn.ModuleList(head[1])
+        self.softmax = nn.Softmax(dim=-1)
+        self.detect = Detect(num_classes, 0, top_k, conf_thresh, nms_thresh,
+                             variance=self.cfg['variance'])
+
+    def forward(self, x):
+        sources = []
+        for k in range(self.conv4_3_end):             # up to conv4_3's ReLU
+            x = self.vgg[k](x)
+        sources.append(self.L2Norm(x))
+        for k in range(self.conv4_3_end, len(self.vgg)):  # pool4 ... fc7
+            x = self.vgg[k](x)
+        sources.append(x)
+        for k, v in enumerate(self.extras):
+            x = F.relu(v(x), inplace=True)
+            if k % 2 == 1:
+                sources.append(x)
+        n = x.shape[0]
+        loc = torch.cat([l(s).permute(0, 2, 3, 1).reshape(n, -1)
+                         for s, l in zip(sources, self.loc)], 1).view(n, -1, 4)
+        conf = torch.cat([c(s).permute(0, 2, 3, 1).reshape(n, -1)
+                          for s, c in zip(sources, self.conf)], 1)
+        conf = conf.view(n, -1, self.num_classes)
+        if self.phase == 'test':
+            return self.detect(loc, self.softmax(conf.float()), self.priors)
+        return loc, conf, self.priors
+
+    def load_weights(self, base_file):
+        """Load ssd.pytorch weights, our snapshots or full checkpoints, with or
+        without DataParallel/DDP's ``module.`` prefix. Returns the path."""
+        from utils.checkpoint import load_model_state
+        other, ext = os.path.splitext(base_file)
+        if ext not in ('.pkl', '.pth', '.pt'):
+            raise ValueError(f'{base_file}: only .pth, .pt and .pkl files are supported')
+        print('Loading weights into state dict...')
+        self.load_state_dict(load_model_state(base_file))
+        print('Finished!')
+        return base_file
+
+
+def _conv4_3_end(layers):
+    """Index just after conv4_3's ReLU: the position of the 4th max-pool."""
+    pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
+    return pools[3]
+
+
+def _source_channels(layers):
+    return [m.out_channels for m in layers if isinstance(m, nn.Conv2d)][-1]
+
+
+def vgg(cfg, i, batch_norm=False, fc=1024):
+    """VGG16 reduced-fc: the conv layers of ``cfg``, then pool5 (3x3, stride 1),
+    fc6 (3x3 atrous, dilation 6) and fc7 (1x1), each ``fc`` channels."""
+    layers = []
+    in_channels = i
+    for v in cfg:
+        if v == 'M':
+            layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
+        elif v == 'C':
+            layers += [nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)]
+        else:
+            conv2d = nn.Conv2d(in_channels, v, kernel_size=3, padding=1)
+            if batch_norm:
+                layers += [conv2d, nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            else:
+                layers += [conv2d, nn.ReLU(inplace=True)]
+            in_channels = v
+    pool5 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+    conv6 = nn.Conv2d(in_channels, fc, kernel_size=3, padding=6, dilation=6)  # FC6 with atrous
+    conv7 = nn.Conv2d(fc, fc, kernel_size=1)                                   # FC7
+    layers += [pool5, conv6, nn.ReLU(inplace=True), conv7, nn.ReLU(inplace=True)]
+    return layers
+
+
+def add_extras(cfg, i, batch_norm=False):
+    """Extra feature layers: alternating 1x1 and 3x3 convs. 'S' makes the next
+    conv stride 2 with padding 1; 'K' makes it 4x4 with padding 1 (conv12_2)."""
+    layers = []
+    in_channels = i
+    flag = False
+    for k, v in enumerate(cfg):
+        if in_channels in ('S', 'K'):
+            in_channels = v
+            continue
+        if v == 'S':
+            layers += [nn.Conv2d(in_channels, cfg[k + 1], kernel_size=(1, 3)[flag],
+                                 stride=2, padding=1)]
+        elif v == 'K':
+            layers += [nn.Conv2d(in_channels, cfg[k + 1], kernel_size=4, padding=1)]
+        else:
+            layers += [nn.Conv2d(in_channels, v, kernel_size=(1, 3)[flag])]
+        flag = not flag
+        in_channels = v
+    return layers
+
+
+def multibox(vgg_layers, extra_layers, cfg, num_classes, conv4_3_end=None):
+    """3x3 loc and conf heads on each source: conv4_3, fc7 and every second
+    extra conv. ``cfg`` is the list of priors per location."""
+    vgg_layers = list(vgg_layers)
+    if conv4_3_end is None:
+        conv4_3_end = _conv4_3_end(vgg_layers)
+    channels = [_source_channels(vgg_layers[:conv4_3_end]), _source_channels(vgg_layers)]
+    channels += [v.out_channels for v in extra_layers[1::2]]
+    if len(channels) != len(cfg):
+        raise ValueError(f'{len(channels)} sources but {len(cfg)} mbox entries')
+    loc_layers = [nn.Conv2d(c, m * 4, kernel_size=3, padding=1)
+                  for c, m in zip(channels, cfg)]
+    conf_layers = [nn.Conv2d(c, m * num_classes, kernel_size=3, padding=1)
+                   for c, m in zip(channels, cfg)]
+    return vgg_layers, extra_layers, (loc_layers, conf_layers)
+
+
+def build_ssd(phase, size=300, num_classes=21, cfg=None, **detect_kwargs):
+    """Build an SSD. ``size`` 300 or 512 picks the paper's model (COCO priors
+    when num_classes is 81, VOC's otherwise); pass ``cfg`` (a dict of
+    ``data/config.py``, e.g. ``data.config.shapes``) for another model.
+    ``detect_kwargs`` (top_k, conf_thresh, nms_thresh) go to :class:`Detect`."""
+    if phase not in ('test', 'train'):
+        raise ValueError(f'phase must be "train" or "test", got {phase!r}')
+    if cfg is None:
+        cfg = config_for(num_classes, size)
+    else:
+        cfg = dict(cfg, num_classes=num_classes)
+        size = cfg['min_dim']
+    base = vgg(cfg['base'], 3, cfg.get('batch_norm', False), cfg.get('fc', 1024))
+    fc = base[-2].out_channels
+    extras = add_extras(cfg['extras'], fc)
+    base_, extras_, head_ = multibox(base, extras, cfg['mbox'], num_classes)
+    return SSD(phase, size, base_, extras_, head_, num_classes, cfg, **detect_kwargs)
