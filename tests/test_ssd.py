@@ -1,0 +1,119 @@
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from data.config import shapes, voc, voc512
+from layers import MultiBoxLoss
+from ssd import build_ssd
+from utils.checkpoint import CheckpointError, atomic_save
+
+# a copy of ../shared/interop/ssd_pytorch_ssd300_keys.txt (every key and shape)
+KEYS_FILE = os.path.join(os.path.dirname(__file__), 'fixtures', 'ssd_pytorch_ssd300_keys.txt')
+
+
+def _shared_keys():
+    rows = [l.rstrip('\n').split('\t') for l in open(KEYS_FILE) if not l.startswith('#')]
+    return {k: tuple(int(x) for x in s.strip('()').split(',') if x.strip()) for k, s, _ in rows}
+
+
+@pytest.fixture(scope='module')
+def net300():
+    torch.manual_seed(0)
+    return build_ssd('train', 300, 21)
+
+
+def test_state_dict_keys_and_shapes_equal_ssd_pytorch(net300):
+    got = {k: tuple(v.shape) for k, v in net300.state_dict().items()}
+    assert got == _shared_keys()
+
+
+def test_paper_layers(net300):
+    v = net300.vgg
+    assert v[21].out_channels == 512 and isinstance(v[22], nn.ReLU)    # conv4_3
+    assert v[30].kernel_size == 3 and v[30].stride == 1                # pool5
+    assert v[31].dilation == (6, 6) and v[31].out_channels == 1024     # fc6
+    assert v[33].kernel_size == (1, 1) and v[33].out_channels == 1024  # fc7
+    assert net300.conv4_3_end == 23
+    assert float(net300.L2Norm.weight[0]) == 20
+
+
+def test_ssd512_has_conv12_2_4x4():
+    net = build_ssd('train', 512, 21)
+    assert net.extras[-3].stride == (2, 2)            # conv11_2
+    assert net.extras[-1].kernel_size == (4, 4) and net.priors.shape[0] == 24564
+
+
+def _source_sizes(net, size):
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[-1]))
+             for m in net.loc]
+    with torch.no_grad():
+        net(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
+@pytest.mark.parametrize('cfg', [voc, shapes])
+def test_feature_maps_match_config(cfg):
+    net = build_ssd('train', cfg['min_dim'], cfg['num_classes'], cfg=cfg)
+    assert _source_sizes(net, cfg['min_dim']) == cfg['feature_maps']
+
+
+def test_train_and_test_outputs(net300):
+    x = torch.randn(2, 3, 300, 300)
+    loc, conf, priors = net300(x)
+    assert loc.shape == (2, 8732, 4) and conf.shape == (2, 8732, 21)
+    assert priors.shape == (8732, 4)
+    net = build_ssd('test', 300, 21)
+    net.load_state_dict(net300.state_dict())
+    with torch.no_grad():
+        det = net.eval()(x)
+    assert det.shape == (2, 21, 200, 5)
+    assert det[..., 1:].min() > -1 and (det[..., 0] <= 1).all()
+
+
+def test_ssd512_trains_on_batch_without_objects():
+    torch.manual_seed(0)
+    net = build_ssd('train', 512, 21)
+    crit = MultiBoxLoss(21, 0.5, True, 0, True, 3, 0.5, False, False)
+    ll, lc = crit(net(torch.randn(1, 3, 512, 512)), [torch.zeros(0, 5)])
+    (ll + lc).backward()
+    assert torch.isfinite(ll) and torch.isfinite(lc)
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_load_weights_variants(tmp_path, net300):
+    sd = net300.state_dict()
+    net = build_ssd('test', 300, 21)
+    # ssd.pytorch plain state dict, DDP/DataParallel prefix, full checkpoint
+    torch.save(sd, tmp_path / 'plain.pth')
+    atomic_save({'module.' + k: v for k, v in sd.items()}, tmp_path / 'ddp.pth')
+    atomic_save({'model': sd, 'iteration': 3}, tmp_path / 'checkpoint.pth')
+    for name in ('plain.pth', 'ddp.pth', 'checkpoint.pth'):
+        net.load_weights(str(tmp_path / name))
+        assert torch.equal(net.conf[0].weight, sd['conf.0.weight'])
+    # ssd.pytorch's basenet into net.vgg
+    torch.save(net300.vgg.state_dict(), tmp_path / 'vgg16_reducedfc.pth')
+    net.vgg.load_state_dict(torch.load(tmp_path / 'vgg16_reducedfc.pth', weights_only=True))
+
+
+def test_truncated_checkpoint_one_line_error(tmp_path, net300):
+    p = tmp_path / 'w.pth'
+    torch.save(net300.state_dict(), p)
+    data = p.read_bytes()
+    p.write_bytes(data[:len(data) // 3])
+    with pytest.raises(CheckpointError) as e:
+        build_ssd('test', 300, 21).load_weights(str(p))
+    assert str(p) in str(e.value) and '\n' not in str(e.value)
+    with pytest.raises(ValueError):
+        build_ssd('test', 300, 21).load_weights(str(tmp_path / 'w.txt'))
+
+
+def test_bad_phase_and_size():
+    with pytest.raises(ValueError):
+        build_ssd('eval')
+    with pytest.raises(ValueError):
+        build_ssd('train', 400)
