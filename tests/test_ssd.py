@@ -36,7 +36,7 @@ def test_paper_layers(net300):
     assert v[31].dilation == (6, 6) and v[31].out_channels == 1024     # fc6
     assert v[33].kernel_size == (1, 1) and v[33].out_channels == 1024  # fc7
     assert net300.conv4_3_end == 23
-    assert float(net300.L2Norm.weight[0]) == 20
+    assert float(net300.L2Norm.weight[0].detach()) == 20
 
 
 def test_ssd512_has_conv12_2_4x4():
