@@ -1,0 +1,213 @@
+"""The base class of every detection dataset, image reading and the checks
+the loaders share with ``python -m data.check``.
+
+Item contract (all datasets)::
+
+    dataset[i]              -> (img FloatTensor [3, H, W], target np.float32 [n, 5])
+    dataset.pull_item(i)    -> (img, target, height, width)
+    dataset.pull_image(i)   -> BGR uint8 numpy image as stored
+    dataset.pull_anno(i)    -> [img_id, [[x1, y1, x2, y2, label], ...]] pixels
+    dataset.pull_tensor(i)  -> torch.Tensor [1, H, W, 3] of the BGR image as stored
+    dataset.pull_gt(i)      -> dict(image_id, width, height, boxes, labels, difficult)
+
+``target`` rows are ``(x1, y1, x2, y2, label)`` with coordinates normalised
+to [0, 1] and the label 0-based without background. Training targets leave
+out difficult (VOC) and crowd (COCO) objects unless ``keep_difficult``;
+``pull_gt`` returns every object, with ``difficult`` flags, in 0-based
+pixel coordinates of the original image (VOC's 1-based XML numbers minus
+one, as ssd.pytorch's ``pull_anno``).
+"""
+import os
+import warnings
+
+import cv2
+import numpy as np
+import torch
+import torch.utils.data as data
+
+__all__ = ['DatasetError', 'DetectionDataset', 'read_image', 'check_image',
+           'safe_join', 'clip_boxes', 'make_gt']
+
+
+class DatasetError(ValueError):
+    """A bad sample or annotation; the message is one line naming the file."""
+
+
+def safe_join(root, *parts):
+    """Join ``parts`` under ``root``; refuse absolute paths and ``..``.
+
+    Raises DatasetError when the result would leave ``root``."""
+    for p in parts:
+        p = str(p)
+        if (os.path.isabs(p) or p.startswith(('/', '\\')) or '\x00' in p
+                or '..' in p.replace('\\', '/').split('/')):
+            raise DatasetError(f"{os.path.join(root, *map(str, parts))}: "
+                               f"path leaves the dataset root {root}")
+    return os.path.join(root, *map(str, parts))
+
+
+def check_image(path, buf=None):
+    """Return a problem string for an image file, or None when it looks
+    complete: missing, empty, not an image, or truncated (JPEG without its
+    end-of-image marker, PNG without IEND)."""
+    try:
+        if buf is None:
+            with open(path, 'rb') as f:
+                buf = f.read()
+    except FileNotFoundError:
+        return 'missing image'
+    except OSError as e:
+        return f'unreadable image ({e.strerror or e})'
+    if not buf:
+        return 'empty image file'
+    tail = buf[-1024:].rstrip(b'\x00\r\n\t ')
+    if buf[:2] == b'\xff\xd8' and not tail.endswith(b'\xff\xd9') \
+            and b'\xff\xd9' not in tail[-64:]:
+        return 'truncated JPEG (no end-of-image marker)'
+    if buf[:8] == b'\x89PNG\r\n\x1a\n' and b'IEND' not in tail[-16:]:
+        return 'truncated PNG (no IEND chunk)'
+    return None
+
+
+def read_image(path):
+    """Read a BGR uint8 image; raise DatasetError (one line) when it is
+    missing, unreadable or truncated."""
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DatasetError(f'{path}: missing image') from None
+    except OSError as e:
+        raise DatasetError(f'{path}: unreadable image ({e})') from None
+    problem = check_image(path, buf.tobytes() if buf.size < 64 else
+                          buf[:8].tobytes() + buf[-1024:].tobytes())
+    if problem:
+        raise DatasetError(f'{path}: {problem}')
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise DatasetError(f'{path}: unreadable image (not a decodable '
+                           'JPEG/PNG/BMP)')
+    return img
+
+
+def clip_boxes(boxes, width, height):
+    """Clip pixel boxes [n, 4] to the image; return (boxes, keep, n_clipped)
+    where keep drops boxes of zero area after clipping."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    c = b.copy()
+    c[:, [0, 2]] = c[:, [0, 2]].clip(0, width)
+    c[:, [1, 3]] = c[:, [1, 3]].clip(0, height)
+    clipped = int((np.abs(c - b) > 1e-6).any(1).sum())
+    keep = (c[:, 2] > c[:, 0]) & (c[:, 3] > c[:, 1])
+    return c, keep, clipped
+
+
+class DetectionDataset(data.Dataset):
+    """Shared item logic. Subclasses set ``ids``, ``classes``, ``name`` and
+    implement ``pull_image(i)``, ``pull_gt(i)`` and ``_file(i)`` (the file
+    named in error messages).
+
+    Args:
+        transform: callable(img, boxes, labels) -> (img, boxes, labels),
+            e.g. SSDAugmentation or BaseTransform.
+        channel_order: 'RGB' (ssd.pytorch weights, default) or 'BGR'.
+        keep_difficult: keep difficult/crowd objects in training targets.
+        skip_bad: instead of raising, skip a bad sample (warn once per file)
+            and return the next good one; ``skipped`` counts them.
+    """
+    name = 'detection'
+    classes = ()
+
+    def __init__(self, transform=None, target_transform=None,
+                 channel_order='RGB', keep_difficult=False, skip_bad=False):
+        if channel_order not in ('RGB', 'BGR'):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got "
+                             f"{channel_order!r}")
+        self.transform = transform
+        self.target_transform = target_transform
+        self.channel_order = channel_order
+        self.keep_difficult = keep_difficult
+        self.skip_bad = skip_bad
+        self.skipped = set()
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        im, gt, h, w = self.pull_item(index)
+        return im, gt
+
+    def _file(self, index):
+        return str(self.ids[index])
+
+    def load_target(self, index, width, height):
+        """Training target [n, 5] float32: normalised boxes + 0-based label.
+        Boxes are clipped to the image, zero-area ones dropped, difficult
+        objects left out unless keep_difficult."""
+        gt = self.pull_gt(index)
+        boxes, ok, _ = clip_boxes(gt['boxes'], width, height)
+        if not self.keep_difficult:
+            ok &= ~gt['difficult']
+        boxes = boxes[ok] / np.float32([width, height, width, height])
+        target = np.hstack([boxes, gt['labels'][ok, None]])
+        return target.astype(np.float32).reshape(-1, 5)
+
+    def pull_item(self, index):
+        """(img tensor [3, H, W] float32, target np.float32 [n, 5], h, w)."""
+        tried = 0
+        while True:
+            try:
+                return self._pull_item(index)
+            except DatasetError as e:
+                if not self.skip_bad:
+                    raise
+                if index not in self.skipped:
+                    self.skipped.add(index)
+                    warnings.warn(f'skipping bad sample ({len(self.skipped)} '
+                                  f'skipped so far): {e}', stacklevel=2)
+                tried += 1
+                if tried >= len(self):
+                    raise DatasetError(f'{self.name}: every sample is bad') \
+                        from None
+                index = (index + 1) % len(self)
+
+    def _pull_item(self, index):
+        img = self.pull_image(index)
+        height, width = img.shape[:2]
+        target = self.load_target(index, width, height)
+        if self.transform is not None:
+            target = np.asarray(target, np.float32).reshape(-1, 5)
+            img, boxes, labels = self.transform(img, target[:, :4],
+                                                target[:, 4])
+            target = np.hstack([np.asarray(boxes, np.float32).reshape(-1, 4),
+                                np.asarray(labels, np.float32)[:, None]])
+        img = np.asarray(img)
+        if self.channel_order == 'RGB':
+            img = img[:, :, (2, 1, 0)]
+        img = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        return img.float(), np.asarray(target, np.float32), height, width
+
+    def pull_anno(self, index):
+        """[image_id, [[x1, y1, x2, y2, label], ...]] in pixels, every
+        object that training would use (difficult ones per keep_difficult)."""
+        gt = self.pull_gt(index)
+        keep = np.ones(len(gt['labels']), bool) if self.keep_difficult \
+            else ~gt['difficult']
+        rows = np.hstack([gt['boxes'][keep], gt['labels'][keep, None]])
+        return [gt['image_id'], rows.tolist()]
+
+    def pull_tensor(self, index):
+        """torch.Tensor [1, H, W, 3] of the BGR image (ssd.pytorch's
+        ``torch.Tensor(self.pull_image(index)).unsqueeze_(0)``)."""
+        return torch.from_numpy(self.pull_image(index)).float().unsqueeze_(0)
+
+    def __repr__(self):
+        return (f'{type(self).__name__}(name={self.name!r}, '
+                f'images={len(self)}, classes={len(self.classes)})')
+
+
+def make_gt(image_id, width, height, boxes=(), labels=(), difficult=()):
+    """The pull_gt dict with the contract's dtypes."""
+    return dict(image_id=str(image_id), width=int(width), height=int(height),
+                boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                labels=np.asarray(labels, np.int64).reshape(-1),
+                difficult=np.asarray(difficult, np.bool_).reshape(-1))
