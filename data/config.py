@@ -102,6 +102,9 @@ shapes = {
     'extras': [64, 'S', 128, 32, 'S', 64, 32, 64],
     'mbox': [4, 6, 6, 4, 4],
     'batch_norm': True,
+    # the preset's own training schedule (train.py defaults for --dataset shapes)
+    'batch_size': 32, 'lr': 1e-3, 'warmup': 0, 'weight_decay': 5e-4,
+    'save_every': 500, 'eval_every': 500,
 }
 
 CONFIGS = {'voc': voc, 'coco': coco, 'voc512': voc512, 'coco512': coco512,

@@ -1,0 +1,107 @@
+"""Distributed data parallel (DDP) set-up from the torchrun environment.
+
+``torchrun --nproc_per_node=N train.py ...`` (one machine) or
+``torchrun --nnodes=M --nproc_per_node=N --rdzv_backend=c10d
+--rdzv_endpoint=HOST:PORT train.py ...`` (several machines) sets ``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+:func:`init_distributed` reads them. A plain ``python train.py`` is a world of
+one process and initialises nothing.
+
+Backend: NCCL when the processes use CUDA (one GPU per process, chosen by
+``LOCAL_RANK``), gloo on the CPU. Only rank 0 logs and writes files
+(:func:`is_main`).
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    """Where this process stands: ``rank`` in ``[0, world_size)``,
+    ``local_rank`` on its machine, and its ``device``."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def env_world_size():
+    """``WORLD_SIZE`` from the environment (1 when not launched by torchrun)."""
+    return int(os.environ.get('WORLD_SIZE', '1'))
+
+
+def choose_device(cuda=None, local_rank=0):
+    """CUDA (GPU ``local_rank``) when available and not refused, else CPU.
+
+    ``cuda``: None picks automatically; False forces the CPU; True asks for
+    CUDA and raises a one-line error when there is none."""
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    elif cuda and not torch.cuda.is_available():
+        raise RuntimeError('--cuda True but no CUDA device is available '
+                           '(run with --cuda False, or leave --cuda out)')
+    if cuda:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device('cuda', torch.cuda.current_device())
+    return torch.device('cpu')
+
+
+def init_distributed(cuda=None):
+    """Initialise the process group when launched by torchrun (``WORLD_SIZE``
+    > 1); return a :class:`DistInfo`. NCCL on CUDA, gloo on CPU."""
+    world_size = env_world_size()
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    device = choose_device(cuda, local_rank)
+    if world_size <= 1:
+        return DistInfo(0, 1, 0, device)
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    if not dist.is_initialized():
+        kw = {'device_id': device} if device.type == 'cuda' else {}
+        dist.init_process_group(backend=backend, init_method='env://', **kw)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def cleanup():
+    """Destroy the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def any_flag(flag, device):
+    """True on every rank when ``flag`` is True on at least one rank (used so
+    that all processes stop together after a signal or a NaN)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def rank_seed(seed, rank):
+    """Seed of the global RNGs in process ``rank`` (distinct per rank)."""
+    return int(seed) + 1000003 * int(rank)
+
+
+def per_rank_batch(batch_size, world_size):
+    """``--batch_size`` is the global batch (the paper's 32 on any number of
+    GPUs); each process takes ``batch_size / world_size`` images."""
+    if batch_size % world_size:
+        raise ValueError(f'--batch_size {batch_size} is the global batch and must be '
+                         f'divisible by the number of processes ({world_size})')
+    return batch_size // world_size

@@ -1,0 +1,349 @@
+"""The SSD training run behind ``train.py``: set-up, then the loop.
+
+:func:`train` reads top to bottom: distributed set-up and seeds, datasets,
+network (basenet or resume), optimiser, DDP / torch.compile, then the
+iteration loop (lr, forward/backward, NaN policy, step, logs, snapshots,
+evaluation), then the final weights, checkpoint and loss plot.
+"""
+import math
+import os
+import sys
+import warnings
+
+import torch
+
+from data.config import MEANS, config_for
+from data.config import shapes as SHAPES_CFG
+from layers import MultiBoxLoss
+from ssd import build_ssd
+from utils import distributed as D
+from utils.checkpoint import CheckpointError, atomic_save, load_file, load_into
+from utils.logger import TrainLogger, VisdomPlotter, plot_loss_curves
+from utils.training import (AMP_DTYPES, NonFinitePolicy, StopSignal, _seed_all,
+                            forward_backward, full_state, init_weights,
+                            is_full_checkpoint, lr_at, make_loader, make_optimizer,
+                            optimizer_step, restore_full_state, schedule_defaults,
+                            set_lr)
+
+VGG_HELP = ('download https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.pth '
+            'into weights/ (see weights/README.md), or convert torchvision\'s ImageNet '
+            'VGG16 with `python -m utils.convert_vgg`; --basenet none trains from scratch')
+
+
+# ------------------------------------------------------------------ set-up
+
+def build_datasets(args):
+    """Training set (with SSDAugmentation) and validation set (or None),
+    and the config dict of the model."""
+    from data import BaseTransform, SSDAugmentation, get_dataset
+    name = args.dataset
+    if name == 'shapes':
+        cfg = dict(SHAPES_CFG)
+    else:
+        cfg = None
+    size = cfg['min_dim'] if cfg else args.size
+    kw = dict(channel_order=args.channel_order)
+    if name == 'shapes' and args.train_images:
+        kw['num_images'] = args.train_images
+    train_ds = get_dataset(name, args.dataset_root, None,
+                           transform=SSDAugmentation(size, MEANS), **kw)
+    if cfg is None:
+        cfg = config_for(len(train_ds.classes) + 1, size)
+    val_ds = None
+    if args.eval_every:
+        vkw = dict(channel_order=args.channel_order)
+        if name == 'shapes' and args.val_images:
+            vkw['num_images'] = args.val_images
+        for split in _val_splits(name):
+            try:
+                val_ds = get_dataset(name, args.dataset_root, split,
+                                     transform=BaseTransform(size, MEANS), **vkw)
+                break
+            except Exception as e:   # no validation split on disk
+                err = e
+        if val_ds is None:
+            warnings.warn(f'no validation split found ({err}); evaluation during '
+                          'training is off', RuntimeWarning)
+    return train_ds, val_ds, cfg
+
+
+def _val_splits(name):
+    return {'VOC': ['test'], 'COCO': ['val2017', 'val2014'], 'shapes': ['val'],
+            'custom': ['val', 'test']}.get(name, ['val'])
+
+
+def resolve_schedule(args, cfg):
+    """Fill the schedule flags left at None with the defaults for ``cfg``."""
+    d = schedule_defaults(cfg)
+    for k in ('batch_size', 'lr', 'momentum', 'weight_decay', 'gamma', 'warmup',
+              'save_every', 'eval_every', 'max_iter'):
+        if getattr(args, k, None) is None:
+            setattr(args, k, d[k])
+    if args.lr_steps is None:
+        args.lr_steps = tuple(d['lr_steps'])
+    args.lr_steps = tuple(int(s) for s in args.lr_steps)
+    return args
+
+
+def load_basenet(net, args):
+    """Load ``--basenet`` (the ImageNet VGG16 reduced-fc) into ``net.vgg``;
+    train from scratch for the shapes preset or ``--basenet none``."""
+    if args.dataset == 'shapes' or str(args.basenet).lower() in ('', 'none'):
+        init_weights(net, from_scratch=True)
+        return None
+    init_weights(net, from_scratch=False)
+    candidates = [args.basenet, os.path.join('weights', args.basenet),
+                  os.path.join(args.save_folder, args.basenet)]
+    path = next((p for p in candidates if os.path.isfile(p)), None)
+    if path is None:
+        raise CheckpointError(f'basenet {args.basenet} not found (looked in '
+                              f'{", ".join(dict.fromkeys(candidates))}): {VGG_HELP}')
+    load_into(net.vgg, path)
+    return path
+
+
+def make_amp(args, device):
+    """``(amp_dtype or None, GradScaler)``: autocast only on CUDA."""
+    amp = args.amp or 'off'
+    if amp != 'off' and device.type != 'cuda':
+        warnings.warn(f'--amp {amp} is for CUDA; training in float32 on {device}',
+                      RuntimeWarning)
+        amp = 'off'
+    if amp == 'bf16' and not torch.cuda.is_bf16_supported():
+        warnings.warn('this GPU has no bf16; using --amp fp16', RuntimeWarning)
+        amp = 'fp16'
+    scaler = torch.amp.GradScaler('cuda', enabled=amp == 'fp16')
+    return AMP_DTYPES[amp], scaler
+
+
+def snapshot_name(args, cfg, tag):
+    """ssd.pytorch's snapshot name: ``ssd300_VOC_5000.pth``."""
+    return os.path.join(args.save_folder, f"ssd{cfg['min_dim']}_{args.dataset}_{tag}.pth")
+
+
+# -------------------------------------------------------------------- loop
+
+class Run:
+    """The state one training run carries between the helpers below."""
+
+    def __init__(self, args, info):
+        self.args, self.info = args, info
+        self.best_map = None
+        self.start_iter = 0
+        self.status = 'running'
+
+
+def setup(args, info):
+    """Everything before the loop; returns a :class:`Run`."""
+    r = Run(args, info)
+    _seed_all(D.rank_seed(args.seed, info.rank))
+    r.train_ds, r.val_ds, r.cfg = build_datasets(args)
+    resolve_schedule(args, r.cfg)
+    r.batch = D.per_rank_batch(args.batch_size, info.world_size)
+    net = build_ssd('train', r.cfg['min_dim'], r.cfg['num_classes'], cfg=r.cfg)
+    ckpt = load_file(args.resume) if args.resume else None
+    if ckpt is None:
+        r.basenet = load_basenet(net, args)
+    if args.sync_bn and info.distributed:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    net.to(info.device, memory_format=fmt)
+    r.net, r.fmt = net, fmt
+    r.optimizer = make_optimizer(net, args.lr, args.momentum, args.weight_decay)
+    r.amp_dtype, r.scaler = make_amp(args, info.device)
+    r.schedule = dict(name='multistep', base_lr=args.lr, lr_steps=list(args.lr_steps),
+                      gamma=args.gamma, warmup=args.warmup, max_iter=args.max_iter)
+    r.policy = NonFinitePolicy(args.nan_policy, args.nan_max_skips)
+    if ckpt is not None:
+        _resume(r, ckpt)
+    model = net
+    if info.distributed:
+        ids = [info.device] if info.device.type == 'cuda' else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    r.model = torch.compile(model) if args.compile else model
+    r.criterion = MultiBoxLoss(r.cfg['num_classes'], 0.5, True, 0, True, 3, 0.5, False,
+                               info.device.type == 'cuda', variance=r.cfg['variance'],
+                               divide_by_n=not args.no_divide_by_n)
+    return r
+
+
+def _resume(r, ckpt):
+    args = r.args
+    if is_full_checkpoint(ckpt):
+        if args.start_iter:
+            warnings.warn('--start_iter is ignored: the full checkpoint '
+                          f'{args.resume} continues at iteration {ckpt["iteration"]}')
+        old = ckpt.get('scheduler') or {}
+        if old.get('base_lr') not in (None, args.lr) or \
+                list(old.get('lr_steps', args.lr_steps)) != list(args.lr_steps):
+            warnings.warn(f'{args.resume} was trained with lr {old.get("base_lr")} and '
+                          f'steps {old.get("lr_steps")}; continuing with lr {args.lr} and '
+                          f'steps {list(args.lr_steps)}', RuntimeWarning)
+        try:
+            it, r.best_map, r.policy.skipped = restore_full_state(
+                ckpt, r.net, r.optimizer, r.scaler, restore_rng=r.info.is_main)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f'{args.resume}: does not fit this model or optimiser '
+                                  f'({str(e).splitlines()[0][:200]})') from None
+        if not r.info.is_main:   # other ranks: their own seed, moved by the iteration
+            _seed_all(D.rank_seed(args.seed, r.info.rank) + it)
+        r.start_iter = it
+    else:                         # ssd.pytorch: weights only, with --start_iter
+        load_into(r.net, args.resume)
+        r.start_iter = args.start_iter
+
+
+def save_checkpoint(r, it):
+    """``checkpoint.pth`` (full state), written atomically, rank 0 only."""
+    if r.info.is_main:
+        atomic_save(full_state(r.net, r.optimizer, r.scaler, it, r.schedule, r.args,
+                               r.best_map, r.policy.skipped),
+                    os.path.join(r.args.save_folder, 'checkpoint.pth'))
+
+
+def save_weights(r, path):
+    if r.info.is_main:
+        atomic_save(r.net.state_dict(), path)
+
+
+def evaluate(r, it, log):
+    """VOC07 mAP on the validation split (rank 0); keeps the best weights."""
+    if r.val_ds is None:
+        return None
+    value = None
+    if r.info.is_main:
+        from utils.evaluation import evaluate_model
+        from utils.training import get_rng_state, set_rng_state
+        state = get_rng_state()
+        res = evaluate_model(r.net, r.val_ds, device=r.info.device,
+                             batch_size=r.args.eval_batch_size,
+                             num_workers=min(r.args.num_workers, 2), metrics=('voc07',))
+        set_rng_state(state)
+        value = float(res['voc07']['map'])
+        log.evaluation(it, value)
+        if r.best_map is None or value > r.best_map:
+            r.best_map = value
+            save_weights(r, snapshot_name(r.args, r.cfg, 'best'))
+    D.barrier()
+    return value
+
+
+def train(args):
+    """Run training as the flags say; return the :class:`Run` (status
+    'finished' or 'interrupted'). Raises NonFiniteLoss / CheckpointError /
+    ValueError with one-line messages."""
+    info = D.init_distributed(args.cuda)
+    try:
+        if info.is_main:
+            os.makedirs(args.save_folder, exist_ok=True)
+        r = setup(args, info)
+        _loop(r)
+        return r
+    finally:
+        D.cleanup()
+
+
+def _loop(r):
+    args, info = r.args, r.info
+    vis = VisdomPlotter(args.visdom_server, args.visdom_port, args.visdom_env) \
+        if args.visdom and info.is_main else None
+    log = TrainLogger(args.save_folder, r.start_iter, args.max_iter, args.log_every,
+                      vis, enabled=info.is_main, progress=not args.quiet)
+    _describe(r, log)
+    loader = make_loader(r.train_ds, r.batch, _collate(), args.seed, r.start_iter,
+                         args.max_iter, info.rank, info.world_size, args.num_workers,
+                         pin_memory=info.device.type == 'cuda')
+    it = r.start_iter
+    try:
+        with StopSignal() as stop:
+            it = _iterate(r, loader, log, stop)
+        if r.status != 'interrupted':
+            r.status = 'finished'
+            if args.eval_every and it % args.eval_every:
+                evaluate(r, it, log)
+            save_weights(r, os.path.join(args.save_folder, f'{args.dataset}.pth'))
+        save_checkpoint(r, it)
+    finally:
+        log.close()
+    if info.is_main and log.enabled:
+        plot_loss_curves(log.csv_path, os.path.join(args.save_folder, 'loss.png'),
+                         f"SSD{r.cfg['min_dim']} on {args.dataset}")
+        print(f'{r.status} at iteration {it}; training time {log.train_time:.1f} s; '
+              f'weights and logs in {args.save_folder}', file=sys.stderr)
+    r.iteration, r.train_time = it, log.train_time
+
+
+def _iterate(r, loader, log, stop):
+    """The iteration loop; returns the number of finished iterations."""
+    args, info = r.args, r.info
+    it = r.start_iter
+    batches = iter(loader)
+    while it < args.max_iter:
+        try:
+            images, targets = next(batches)
+        except Exception:
+            if stop.requested:           # a worker died of the same Ctrl-C
+                r.status = 'interrupted'
+                return it
+            raise
+        lr = lr_at(it, args.lr, args.lr_steps, args.gamma, args.warmup)
+        set_lr(r.optimizer, lr)
+        images = images.to(info.device, non_blocking=True, memory_format=r.fmt)
+        targets = [t.to(info.device, non_blocking=True) for t in targets]
+        loss_l, loss_c = forward_backward(r.model, r.criterion, images, targets,
+                                          r.amp_dtype, r.scaler)
+        vals = torch.stack([loss_l, loss_c]).tolist()   # the one host sync per step
+        bad = not all(math.isfinite(v) for v in vals)
+        bad, stopping = _agree(bad, stop.requested, info.device)
+        if r.policy.check(it, vals[0], vals[1], bad):
+            optimizer_step(r.optimizer, r.scaler)
+        else:
+            r.optimizer.zero_grad(set_to_none=True)
+            log.write(f'iteration {it}: non-finite loss {vals}, update skipped '
+                      f'({r.policy.skipped} so far)')
+        log.step(it, vals[0], vals[1], lr, images.shape[0] * info.world_size,
+                 r.policy.skipped)
+        it += 1
+        _periodic(r, it, log)
+        if stopping:
+            r.status = 'interrupted'
+            log.write(f'signal received: saving {args.save_folder}/checkpoint.pth '
+                      f'at iteration {it} and stopping')
+            return it
+    return it
+
+
+def _agree(bad, stop, device):
+    """Make every process take the same decision (skip / stop)."""
+    if not D.env_world_size() > 1:
+        return bad, bool(stop)
+    t = torch.tensor([float(bad), float(bool(stop))], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t[0] > 0), bool(t[1] > 0)
+
+
+def _periodic(r, it, log):
+    args = r.args
+    if it % args.save_every == 0 or (args.eval_every and it % args.eval_every == 0
+                                     and it < args.max_iter):
+        log.pause()
+        if it % args.save_every == 0:
+            save_weights(r, snapshot_name(args, r.cfg, it))
+            save_checkpoint(r, it)
+        if args.eval_every and it % args.eval_every == 0 and it < args.max_iter:
+            evaluate(r, it, log)
+        log.resume()
+
+
+def _collate():
+    from data import detection_collate
+    return detection_collate
+
+
+def _describe(r, log):
+    a = r.args
+    log.write(f"SSD{r.cfg['min_dim']} on {a.dataset} ({len(r.train_ds)} images, "
+              f"{r.cfg['num_classes'] - 1} classes) on {r.info.device} x{r.info.world_size}; "
+              f"batch {a.batch_size} (global), lr {a.lr:g}, steps {list(a.lr_steps)}, "
+              f"warm-up {a.warmup}, iterations {r.start_iter}..{a.max_iter}"
+              + ('' if a.no_divide_by_n is False else '; loss NOT divided by N'))
