@@ -6,6 +6,8 @@ CustomDetection, YOLODetection), the transforms (BaseTransform,
 SSDAugmentation), detection_collate, make_loader and get_dataset.
 See doc/data.md.
 """
+import warnings as _warnings
+
 from .config import *  # noqa: F401,F403  (voc, coco, voc512, coco512, shapes, MEANS, HOME)
 from .base import DatasetError, DetectionDataset  # noqa: F401
 from .augmentations import BaseTransform, SSDAugmentation  # noqa: F401
@@ -17,6 +19,11 @@ from .coco import (COCODetection, COCOAnnotationTransform,  # noqa: F401
 from .shapes import ShapesDetection, SHAPES_CLASSES  # noqa: F401
 from .custom import CustomDetection, YOLODetection  # noqa: F401
 from .factory import get_dataset  # noqa: F401
+
+# `python -m data.shapes` runs a module this package imports; runpy's
+# warning about that is harmless.
+_warnings.filterwarnings('ignore', message=".*'data\\..*' found in sys.modules",
+                         category=RuntimeWarning)
 
 
 def base_transform(image, size, mean):

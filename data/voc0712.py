@@ -11,8 +11,8 @@ XML is parsed with defusedxml (entity expansion refused). Image ids that
 would leave the root (``../``, absolute paths) are refused. Every problem
 is a ``DatasetError`` whose one-line message names the file.
 """
-import os
 import os.path as osp
+import warnings
 
 import numpy as np
 import defusedxml.ElementTree as DET
@@ -143,8 +143,9 @@ class VOCAnnotationTransform:
 _DEFAULT_TT = VOCAnnotationTransform()
 
 
-def read_split(path, root):
-    """Image ids of a split file, each checked to stay inside ``root``."""
+def read_split(path, root, skip_bad=False):
+    """Image ids of a split file, each checked to stay inside ``root``
+    (with ``skip_bad`` an id that leaves it is dropped with a warning)."""
     try:
         with open(path, encoding='utf-8') as f:
             lines = f.read().splitlines()
@@ -159,8 +160,12 @@ def read_split(path, root):
             try:
                 safe_join(root, 'Annotations', name + '.xml')
             except DatasetError:
-                raise DatasetError(f'{path}: line {n}: image id {name!r} '
-                                   'leaves the dataset root') from None
+                msg = (f'{path}: line {n}: image id {name!r} leaves the '
+                       'dataset root (refused)')
+                if not skip_bad:
+                    raise DatasetError(msg) from None
+                warnings.warn(f'skipping bad sample: {msg}', stacklevel=3)
+                continue
             ids.append(name)
     return ids
 
@@ -205,8 +210,8 @@ class VOCDetection(DetectionDataset):
             rootpath = osp.join(self.root, 'VOC' + str(year)) if year \
                 else self.root
             split_file = osp.join(rootpath, 'ImageSets', 'Main', split + '.txt')
-            self.ids += [(rootpath, i) for i in read_split(split_file,
-                                                           rootpath)]
+            self.ids += [(rootpath, i) for i in read_split(
+                split_file, rootpath, skip_bad)]
         if skip_bad:
             self._prescan()
 
@@ -218,7 +223,6 @@ class VOCDetection(DetectionDataset):
                 self.pull_gt(i)
                 good.append(img_id)
             except DatasetError as e:
-                import warnings
                 warnings.warn(f'skipping bad sample: {e}', stacklevel=3)
         self.num_skipped_at_load = len(self.ids) - len(good)
         if self.num_skipped_at_load:
@@ -239,7 +243,10 @@ class VOCDetection(DetectionDataset):
             return np.zeros((0, 5), np.float32)
         root = load_xml(path)
         try:
-            t = self.target_transform(root, width, height)
+            if isinstance(self.target_transform, VOCAnnotationTransform):
+                t = self.target_transform(root, width, height, path)
+            else:
+                t = self.target_transform(root, width, height)
         except DatasetError as e:
             msg = str(e)
             raise DatasetError(msg if msg.startswith(path) else

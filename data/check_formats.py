@@ -1,0 +1,283 @@
+"""Per-format checks behind ``python -m data.check`` (see data/check.py).
+
+Each ``check_<format>(report, root, year, split, decode, classes)`` fills a
+``data.check.Report``; none raises for a bad file."""
+import glob
+import os
+import os.path as osp
+from concurrent.futures import ThreadPoolExecutor
+from xml.etree.ElementTree import Element
+
+import cv2
+import numpy as np
+
+from .base import DatasetError, check_image, safe_join
+from .coco import load_coco_json, validate_coco
+from .custom import (IMAGE_EXTS, find_classes_file, read_classes,
+                     parse_yolo_labels)
+from .voc0712 import VOC_CLASSES, load_xml, parse_objects, image_size
+
+__all__ = ['check_voc', 'check_coco', 'check_yolo', 'image_problem']
+
+
+def image_problem(path, decode=True):
+    """(problem or None, (width, height) or None) for an image file."""
+    try:
+        with open(path, 'rb') as f:
+            buf = f.read()
+    except FileNotFoundError:
+        return 'missing image', None
+    except OSError as e:
+        return f'unreadable image ({e.strerror or e})', None
+    problem = check_image(path, buf)
+    if problem or not decode:
+        return problem, None
+    img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return 'unreadable image (cannot be decoded)', None
+    return None, (img.shape[1], img.shape[0])
+
+
+def _images(paths, decode):
+    """image_problem over many files, in threads (OpenCV frees the GIL)."""
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as ex:
+        return list(ex.map(lambda p: image_problem(p, decode), paths))
+
+
+def _box_warnings(report, file, k, name, box, w, h, tol=0.0):
+    """Warn about a pixel box (x1, y1, x2, y2) outside (w, h) or empty."""
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        report.warning(file, f'object {k} ({name}): zero-area box '
+                       f'{[round(float(v), 2) for v in box]} (dropped)')
+    elif w and h and (min(x1, y1) < -tol or x2 > w + tol or y2 > h + tol):
+        report.warning(file, f'object {k} ({name}): box '
+                       f'{[round(float(v), 2) for v in box]} outside the '
+                       f'{w}x{h} image (clipped)')
+
+
+# ----------------------------------------------------------------- VOC
+def _voc_dirs(root, year):
+    if osp.isdir(osp.join(root, 'Annotations')):
+        return [root]
+    if year:
+        return [osp.join(root, f'VOC{y.strip()}') for y in str(year).split(',')]
+    dirs = sorted(glob.glob(osp.join(glob.escape(root), 'VOC20*')))
+    if not dirs:
+        raise DatasetError(f'{root}: no Annotations/ and no VOC20XX/ folder')
+    return dirs
+
+
+def _voc_ids(report, d, split):
+    """Image ids to check in one VOC folder (bad lines become problems)."""
+    main = osp.join(d, 'ImageSets', 'Main')
+    if split:
+        files = [osp.join(main, s + '.txt') for s in split.split(',')]
+    elif osp.isdir(main):
+        files = sorted(f for f in glob.glob(osp.join(glob.escape(main), '*.txt'))
+                       if '_' not in osp.basename(f))
+    else:
+        return sorted(osp.splitext(osp.basename(p))[0] for p in
+                      glob.glob(osp.join(glob.escape(d), 'Annotations', '*.xml')))
+    ids, seen = [], set()
+    for f in files:
+        try:
+            with open(f, encoding='utf-8') as fh:
+                lines = fh.read().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            report.problem(f, 'split file not found' if isinstance(
+                e, FileNotFoundError) else f'unreadable split file ({e})')
+            continue
+        for n, line in enumerate(lines, 1):
+            name = line.strip().split()[0] if line.strip() else ''
+            if not name or name in seen:
+                continue
+            try:
+                safe_join(d, 'Annotations', name + '.xml')
+            except DatasetError:
+                report.problem(f, f'line {n}: image id {name!r} leaves the '
+                               'dataset root (refused)')
+                continue
+            seen.add(name)
+            ids.append(name)
+    return ids
+
+
+def _voc_image_path(d, name):
+    for ext in IMAGE_EXTS:
+        p = osp.join(d, 'JPEGImages', name + ext)
+        if osp.exists(p):
+            return p
+    return osp.join(d, 'JPEGImages', name + '.jpg')
+
+
+def _voc_objects(report, xml, root, class_to_ind, classes, wh):
+    for k, obj in enumerate(root.findall('object')):
+        one = Element('annotation')
+        one.append(obj)
+        try:
+            boxes, labels, difficult = parse_objects(one, class_to_ind, xml)
+        except DatasetError as e:
+            report.error(str(e).replace('object 0', f'object {k}'), xml)
+            continue
+        b = boxes[0]
+        name = classes[labels[0]]
+        c = np.clip(b, 0, [wh[0], wh[1]] * 2) if wh else b
+        report.add_object(name, difficult[0], c[2] - c[0], c[3] - c[1],
+                          *(wh or (0, 0)))
+        if wh:   # the XML's 1-based numbers; inside when x <= width
+            _box_warnings(report, xml, k, name, b + 1, *wh)
+
+
+def check_voc(report, root, year=None, split=None, decode=True, classes=None):
+    for d in _voc_dirs(root, year):
+        cls_file = classes or find_classes_file(d) or find_classes_file(root)
+        names = read_classes(d, cls_file) if cls_file else VOC_CLASSES
+        class_to_ind = {c: i for i, c in enumerate(names)}
+        ids = _voc_ids(report, d, split)
+        report.images += len(ids)
+        paths = [_voc_image_path(d, i) for i in ids]
+        for name, img_path, (prob, size) in zip(ids, paths,
+                                                _images(paths, decode)):
+            if prob:
+                report.problem(img_path, prob)
+            xml = osp.join(d, 'Annotations', name + '.xml')
+            try:
+                root_el = load_xml(xml)
+            except DatasetError as e:
+                report.error(e, xml)
+                continue
+            wh = image_size(root_el, xml) or size
+            if size and wh != size:
+                report.warning(xml, f'<size> {wh[0]}x{wh[1]} differs from '
+                               f'the image ({size[0]}x{size[1]})')
+                wh = size
+            _voc_objects(report, xml, root_el, class_to_ind, names, wh)
+
+
+# ---------------------------------------------------------------- COCO
+def _coco_files(root, split):
+    if split:
+        return [osp.join(root, 'annotations', f'instances_{s}.json')
+                for s in split.split(',')]
+    files = sorted(glob.glob(osp.join(glob.escape(root), 'annotations',
+                                      'instances_*.json')))
+    if not files:
+        raise DatasetError(f'{root}: no annotations/instances_*.json')
+    return files
+
+
+def _coco_image_path(root, split, name):
+    dirs = [split, osp.join('images', split)]
+    for part in ('train2014', 'val2014', 'test2014'):
+        if f'_{part}_' in name:
+            dirs[:0] = [part, osp.join('images', part)]
+    for d in dirs:
+        p = safe_join(root, d, name)
+        if osp.exists(p):
+            return p
+    return safe_join(root, dirs[0], name)
+
+
+def check_coco(report, root, year=None, split=None, decode=True,
+               classes=None):
+    for ann in _coco_files(root, split):
+        try:
+            d = load_coco_json(ann)
+            problems, _ = validate_coco(d, ann)
+        except DatasetError as e:
+            report.error(e, ann)
+            continue
+        for f, m in problems:
+            report.problem(f, m)
+        s = osp.basename(ann)[len('instances_'):-len('.json')]
+        cats = {c.get('id'): c.get('name', str(c.get('id')))
+                for c in d['categories'] if isinstance(c, dict)}
+        imgs = [im for im in d['images'] if isinstance(im, dict)
+                and 'id' in im and 'file_name' in im]
+        report.images += len(imgs)
+        paths = []
+        for im in imgs:
+            try:
+                paths.append(_coco_image_path(root, s, str(im['file_name'])))
+            except DatasetError as e:
+                report.error(e)
+                paths.append(None)
+        sizes = {}
+        ok = [p for p in paths if p]
+        for p, (prob, size) in zip(ok, _images(ok, decode)):
+            if prob:
+                report.problem(p, prob)
+        for im in imgs:
+            sizes[im['id']] = (im.get('width'), im.get('height'))
+        _coco_objects(report, ann, d['annotations'], cats, sizes)
+
+
+def _coco_objects(report, ann, anns, cats, sizes):
+    for k, a in enumerate(anns):
+        if not isinstance(a, dict) or a.get('category_id') not in cats \
+                or a.get('image_id') not in sizes:
+            continue
+        b = a.get('bbox')
+        if not (isinstance(b, list) and len(b) == 4 and
+                all(isinstance(v, (int, float)) for v in b)):
+            continue
+        w, h = sizes[a['image_id']]
+        name = cats[a['category_id']]
+        report.add_object(name, a.get('iscrowd', 0), b[2], b[3], w, h)
+        _box_warnings(report, ann, k, name,
+                      [b[0], b[1], b[0] + b[2], b[1] + b[3]], w, h)
+
+
+# ---------------------------------------------------------------- YOLO
+def check_yolo(report, root, year=None, split=None, decode=True,
+               classes=None):
+    try:
+        names = read_classes(root, classes)
+    except DatasetError as e:
+        report.error(e)
+        names = None
+    img_root, lab_root = osp.join(root, 'images'), osp.join(root, 'labels')
+    if not osp.isdir(img_root):
+        raise DatasetError(f'{root}: no images/ folder (YOLO layout)')
+    if split:
+        splits = split.split(',')
+    else:
+        splits = sorted(s for s in os.listdir(img_root)
+                        if osp.isdir(osp.join(img_root, s))) or ['']
+    for s in splits:
+        _check_yolo_split(report, osp.join(img_root, s),
+                          osp.join(lab_root, s), names, decode)
+
+
+def _check_yolo_split(report, img_dir, lab_dir, names, decode):
+    if not osp.isdir(img_dir):
+        report.problem(img_dir, 'missing image folder')
+        return
+    imgs = sorted(n for n in os.listdir(img_dir)
+                  if n.lower().endswith(IMAGE_EXTS))
+    stems = {osp.splitext(n)[0] for n in imgs}
+    if osp.isdir(lab_dir):
+        for lab in sorted(os.listdir(lab_dir)):
+            if lab.endswith('.txt') and osp.splitext(lab)[0] not in stems:
+                report.problem(osp.join(lab_dir, lab), 'missing image '
+                               '(label file without an image)')
+    report.images += len(imgs)
+    paths = [osp.join(img_dir, n) for n in imgs]
+    for n, p, (prob, size) in zip(imgs, paths, _images(paths, decode)):
+        if prob:
+            report.problem(p, prob)
+        if names is None:
+            continue
+        lab = osp.join(lab_dir, osp.splitext(n)[0] + '.txt')
+        try:
+            labels, boxes = parse_yolo_labels(lab, len(names))
+        except DatasetError as e:
+            report.error(e, lab)
+            continue
+        w, h = size or (1, 1)
+        for k, (c, b) in enumerate(zip(labels, boxes)):
+            px = b * np.float32([w, h, w, h])
+            report.add_object(names[c], False, px[2] - px[0], px[3] - px[1],
+                              *(size or (0, 0)))
+            _box_warnings(report, lab, k, names[c], b, 1.0, 1.0, 1e-4)
