@@ -132,3 +132,57 @@ def evaluate_coco(coco_gt, results, img_ids=None, class_names=None, verbose=True
         p = p[p > -1]
         ap[n] = float(p.mean()) if p.size else float('nan')
     return dict(stats=stats, ap=ap, summary=summary)
+
+
+def load_coco_gt(ann_file):
+    """pycocotools ``COCO`` of an instances JSON (one-line errors)."""
+    from pycocotools.coco import COCO
+    if not os.path.isfile(ann_file):
+        raise EvalInputError(f'{ann_file}: annotation file not found')
+    try:
+        with _quiet():
+            return COCO(ann_file)
+    except Exception as e:  # JSON errors, missing keys
+        raise EvalInputError(f'{ann_file}: not a COCO instances JSON '
+                             f'({type(e).__name__}: {e})') from None
+
+
+def gt_from_coco(coco):
+    """:class:`GroundTruth` (devkit coordinates: 0-based + 1, crowd objects
+    as difficult) of every image of a pycocotools ``COCO``, images by
+    ascending id, classes by ascending category id. Returns ``(gt, img_ids,
+    cat_ids)``."""
+    from utils.detections_io import GroundTruth
+    img_ids, cat_ids = sorted(coco.getImgIds()), sorted(coco.getCatIds())
+    label = {c: k for k, c in enumerate(cat_ids)}
+    records = []
+    for i in img_ids:
+        anns = [a for a in coco.imgToAnns.get(i, []) if a['category_id'] in label]
+        b = np.array([a['bbox'] for a in anns], np.float64).reshape(-1, 4)
+        info = coco.imgs[i]
+        records.append(dict(boxes=np.c_[b[:, :2], b[:, :2] + b[:, 2:]] + 1.0,
+                            labels=[label[a['category_id']] for a in anns],
+                            difficult=[bool(a.get('iscrowd', 0)) for a in anns],
+                            width=info.get('width', 0), height=info.get('height', 0)))
+    names = tuple(coco.cats[c].get('name', str(c)) for c in cat_ids)
+    return GroundTruth.from_records([str(i) for i in img_ids], names, records), img_ids, cat_ids
+
+
+def dets_from_results(results, img_ids, cat_ids, path='results'):
+    """:class:`Detections` (devkit coordinates) from a COCO results list, in
+    the list's order; ``img_ids`` / ``cat_ids`` as :func:`gt_from_coco`."""
+    from utils.detections_io import Detections
+    img_index = {int(i): k for k, i in enumerate(img_ids)}
+    cat_index = {int(c): k for k, c in enumerate(cat_ids)}
+    try:
+        img = np.array([img_index[int(r['image_id'])] for r in results], np.int64)
+    except KeyError as e:
+        raise EvalInputError(f'{path}: image_id {e.args[0]} is not in the ground truth') from None
+    try:
+        lab = np.array([cat_index[int(r['category_id'])] for r in results], np.int64)
+    except KeyError as e:
+        raise EvalInputError(f'{path}: category_id {e.args[0]} is not in the ground truth') from None
+    b = np.array([r['bbox'] for r in results], np.float64).reshape(-1, 4)
+    return Detections([str(i) for i in img_ids], img, lab,
+                      np.array([r['score'] for r in results], np.float64),
+                      np.c_[b[:, :2], b[:, :2] + b[:, 2:]] + 1.0)

@@ -139,7 +139,7 @@ def coco_target(dataset, gt, indices):
     coco = getattr(dataset, 'coco', None)
     if coco is not None and hasattr(coco, 'loadRes'):
         img_ids = [int(dataset.ids[i]) for i in indices]
-        cat_ids = getattr(dataset, 'cat_ids', None) or sorted(coco.getCatIds())
+        cat_ids = getattr(dataset, 'label_to_cat_id', None) or sorted(coco.getCatIds())
         return coco, img_ids, list(cat_ids)
     return coco_from_gt(gt), list(range(1, len(gt.image_ids) + 1)), \
         list(range(1, len(gt.class_names) + 1))

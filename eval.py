@@ -1,0 +1,61 @@
+"""Evaluate an SSD: the VOC07 AP table, VOC2010+ and COCO AP, PR curves.
+
+    python eval.py --trained_model weights/ssd300_mAP_77.43_v2.pth
+    python eval.py --trained_model runs/demo/ssd160_shapes.pth --dataset shapes --metric voc07,voc12,coco
+    python eval.py --detections results/ --voc_root ~/data/VOCdevkit --metric voc07,voc12
+    python eval.py --detections dets.json --dataset COCO --ann_file instances_val2017.json
+
+The flags of ssd.pytorch's eval.py keep their meaning; see doc/evaluation.md.
+"""
+import argparse
+
+from data import VOC_ROOT
+from utils.eval_cli import main, str2bool
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='Single Shot MultiBox Detector Evaluation')
+    p.add_argument('--trained_model', default='weights/ssd300_mAP_77.43_v2.pth', type=str,
+                   help='Trained state_dict file path to open (ssd.pytorch weights, '
+                        'snapshots or full checkpoints)')
+    p.add_argument('--save_folder', default='eval/', type=str,
+                   help='File path to save results (devkit files, PR curves, COCO JSON)')
+    p.add_argument('--confidence_threshold', default=0.01, type=float,
+                   help='Detection confidence threshold')
+    p.add_argument('--top_k', default=200, type=int,
+                   help='Detections kept per class before NMS (ssd.pytorch parsed 5 '
+                        'but never used it; its Detect kept 200)')
+    p.add_argument('--cuda', default=None, type=str2bool,
+                   help='Use CUDA (default: when available)')
+    p.add_argument('--voc_root', default=VOC_ROOT, help='Location of VOC root directory')
+    p.add_argument('--cleanup', default=False, type=str2bool,
+                   help='Remove the det_<set>_<class>.txt files after evaluation')
+    p.add_argument('--dataset', default=None, choices=['VOC', 'COCO', 'shapes', 'custom'],
+                   type=lambda s: {'voc': 'VOC', 'coco': 'COCO'}.get(s.lower(), s),
+                   help='Dataset (default: the checkpoint\'s, else VOC)')
+    p.add_argument('--dataset_root', default=None,
+                   help='Dataset root for COCO / custom (VOC: --voc_root)')
+    p.add_argument('--year', default='2007', help='VOC year')
+    p.add_argument('--set_type', default=None,
+                   help='Image set: VOC test (default), shapes val, COCO val2017, custom test/val')
+    p.add_argument('--size', default=None, type=int, choices=[300, 512],
+                   help='SSD300 or SSD512 (default: from the checkpoint)')
+    p.add_argument('--metric', default=None,
+                   help='Comma-separated voc07,voc12,coco (default voc07; COCO: coco)')
+    p.add_argument('--json', default=None, help='Write the chosen metrics to this JSON file')
+    p.add_argument('--batch_size', default=8, type=int, help='Images per forward pass')
+    p.add_argument('--num_workers', default=2, type=int, help='DataLoader workers')
+    p.add_argument('--detections', default=None,
+                   help='Evaluate detection files instead of a network: a folder of '
+                        '*det_<set>_<class>.txt or a COCO results JSON')
+    p.add_argument('--ann_file', default=None, help='COCO instances JSON (ground truth)')
+    p.add_argument('--num_images', default=None, type=int,
+                   help='Evaluate only the first N images')
+    p.add_argument('--channel_order', default=None, choices=['RGB', 'BGR'],
+                   help='Input channel order (default: RGB; BGR for Caffe-converted weights)')
+    p.add_argument('--bgr', action='store_true', help='Same as --channel_order BGR')
+    return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    main(parse_args())
