@@ -1,0 +1,190 @@
+"""What ``test.py`` does, as functions: ssd.pytorch's ``test1.txt`` on the VOC
+test set, and drawn pictures / videos + ``detections.json`` for any inputs."""
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+
+IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+VIDEO_EXT = ('.mp4', '.avi', '.mov', '.mkv', '.m4v', '.webm', '.mpg', '.mpeg', '.wmv')
+
+
+class InputError(ValueError):
+    """A missing or unusable input; one line naming it."""
+
+
+def class_names_for(name, num_classes, dataset_root=None):
+    """Class names (no background) for a dataset name; generic ``classK`` when
+    unknown or when they do not fit ``num_classes`` (None: names or None)."""
+    from data import COCO_CLASSES, SHAPES_CLASSES, VOC_CLASSES
+    names = {'voc': VOC_CLASSES, 'coco': COCO_CLASSES, 'shapes': SHAPES_CLASSES}.get(
+        str(name).lower())
+    if names is None and dataset_root:
+        from data import get_dataset
+        try:
+            names = get_dataset('custom', dataset_root).classes
+        except Exception:  # noqa: BLE001 - any unusable root: generic names
+            names = None
+    if num_classes is None:
+        return tuple(names) if names else None
+    if names is None or len(names) != num_classes - 1:
+        names = tuple(f'class{k}' for k in range(1, num_classes))
+    return tuple(names)
+
+
+def collect_inputs(paths):
+    """Expand --input into (kind, path) pairs, kind 'image' or 'video';
+    folders are searched recursively, sorted. Missing paths raise InputError."""
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            for root, _, files in sorted(os.walk(p)):
+                for f in sorted(files):
+                    kind = _kind(f)
+                    if kind:
+                        out.append((kind, os.path.join(root, f)))
+        elif os.path.isfile(p):
+            out.append((_kind(p) or 'image', p))
+        else:
+            raise InputError(f'{p}: no such file or folder')
+    if not out:
+        raise InputError(f'no image or video found in {", ".join(paths)}')
+    return out
+
+
+def _kind(path):
+    ext = os.path.splitext(path)[1].lower()
+    return 'image' if ext in IMAGE_EXT else 'video' if ext in VIDEO_EXT else None
+
+
+def _out_path(folder, path, used, suffix=None):
+    stem, ext = os.path.splitext(os.path.basename(path))
+    ext = suffix or (ext if ext.lower() in IMAGE_EXT else '.jpg')
+    name, k = f'{stem}{ext}', 1
+    while name in used:
+        name, k = f'{stem}_{k}{ext}', k + 1
+    used.add(name)
+    return os.path.join(folder, name)
+
+
+def _entry(file, det, names, thresh, frame=None):
+    keep = det['scores'] >= thresh
+    e = {'file': file}
+    if frame is not None:
+        e['frame'] = frame
+    e.update(boxes=np.round(det['boxes'][keep].astype(np.float64), 2).tolist(),
+             labels=det['labels'][keep].tolist(),
+             names=[names[k] for k in det['labels'][keep]],
+             scores=np.round(det['scores'][keep].astype(np.float64), 4).tolist())
+    return e
+
+
+def run_images(predictor, items, names, folder, thresh, used, batch_size=8):
+    """Detect, draw and write images; returns (json entries, files written)."""
+    from utils.draw import draw_detections
+    entries, written = [], []
+    for s in range(0, len(items), batch_size):
+        chunk = []
+        for p in items[s:s + batch_size]:
+            img = cv2.imread(p, cv2.IMREAD_COLOR)
+            if img is None:
+                print(f'test.py: warning: {p}: not a readable image, skipped', file=sys.stderr)
+                continue
+            chunk.append((p, img))
+        for (p, img), det in zip(chunk, predictor([im for _, im in chunk]) if chunk else []):
+            out = _out_path(folder, p, used)
+            cv2.imwrite(out, draw_detections(img, det['boxes'], det['labels'], det['scores'],
+                                             names, thresh))
+            entries.append(_entry(p, det, names, thresh))
+            written.append(out)
+    return entries, written
+
+
+def run_video(predictor, path, names, folder, thresh, used, batch_size=8):
+    """Detect and draw every frame of a video into ``<stem>.mp4`` (mp4v)."""
+    from utils.draw import draw_detections
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        print(f'test.py: warning: {path}: not a readable video, skipped', file=sys.stderr)
+        return [], []
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    out_path, writer, entries, frame = _out_path(folder, path, used, '.mp4'), None, [], 0
+    try:
+        while True:
+            frames = []
+            while len(frames) < batch_size:
+                ok, img = cap.read()
+                if not ok:
+                    break
+                frames.append(img)
+            if not frames:
+                break
+            if writer is None:
+                h, w = frames[0].shape[:2]
+                writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
+            for img, det in zip(frames, predictor(frames)):
+                writer.write(draw_detections(img, det['boxes'], det['labels'], det['scores'],
+                                             names, thresh))
+                entries.append(_entry(path, det, names, thresh, frame))
+                frame += 1
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    return entries, ([out_path] if writer is not None else [])
+
+
+def run_inputs(predictor, paths, names, folder, thresh, batch_size=8):
+    """--input mode: everything into ``folder`` plus ``folder/detections.json``
+    (one entry per image or video frame). Returns the entries."""
+    os.makedirs(folder, exist_ok=True)
+    items = collect_inputs(paths)
+    used, entries, written = {'detections.json'}, [], []
+    images = [p for k, p in items if k == 'image']
+    e, w = run_images(predictor, images, names, folder, thresh, used, batch_size)
+    entries += e
+    written += w
+    for p in (p for k, p in items if k == 'video'):
+        e, w = run_video(predictor, p, names, folder, thresh, used, batch_size)
+        entries += e
+        written += w
+    if not entries:
+        raise InputError('no input could be read')
+    with open(os.path.join(folder, 'detections.json'), 'wt') as f:
+        json.dump(entries, f)
+    print(f'{len(entries)} images/frames, {len(written)} files written to {folder} '
+          f'(+ detections.json)')
+    return entries
+
+
+def write_test1(predictor, dataset, names, folder, thresh, batch_size=8):
+    """ssd.pytorch's test.py job: ``folder/test1.txt`` with, for every image,
+    its ground truth and the predictions scoring >= ``thresh``, in
+    ssd.pytorch's text format. Returns the path."""
+    from tqdm import tqdm
+    os.makedirs(folder, exist_ok=True)
+    filename = os.path.join(folder, 'test1.txt')
+    with open(filename, 'wt') as f:
+        for s in tqdm(range(0, len(dataset), batch_size), desc='Testing', unit='batch'):
+            idx = range(s, min(s + batch_size, len(dataset)))
+            dets = predictor([dataset.pull_image(i) for i in idx])
+            for i, det in zip(idx, dets):
+                img_id, annotation = dataset.pull_anno(i)
+                f.write('\nGROUND TRUTH FOR: ' + str(img_id) + '\n')
+                for box in annotation:
+                    f.write('label: ' + ' || '.join(str(float(b)) for b in box[:4])
+                            + ' || ' + str(int(box[4])) + '\n')
+                order = np.lexsort((-det['scores'], det['labels']))   # class, then score
+                pred_num = 0
+                for k in order:
+                    if det['scores'][k] < thresh:
+                        continue
+                    if pred_num == 0:
+                        f.write('PREDICTIONS: ' + '\n')
+                    pred_num += 1
+                    coords = (str(np.float32(c)) for c in det['boxes'][k])
+                    f.write(str(pred_num) + ' label: ' + names[det['labels'][k]] + ' score: '
+                            + str(float(det['scores'][k])) + ' ' + ' || '.join(coords) + '\n')
+    return filename
