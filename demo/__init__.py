@@ -1,0 +1,1 @@
+"""Demos: demo.ipynb and live.py (python -m demo.live)."""

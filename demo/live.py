@@ -1,0 +1,207 @@
+"""Live detection on a webcam or a video file, as ssd.pytorch's ``demo/live.py``.
+
+    python -m demo.live                                  # webcam 0, window, FPS
+    python -m demo.live --weights weights/ssd300_mAP_77.43_v2.pth --source clip.mp4 \\
+        --output out.mp4 --no_display                     # headless, writes the drawn video
+
+The model (SSD300, SSD512, the shapes preset; the classes) and its channel
+order are taken from the weight file (``utils.weights.build_from_weights``);
+``--size``, ``--dataset`` and ``--channel_order`` override. Capture runs in a
+thread (no imutils). ``q`` in the window, Ctrl-C or SIGTERM stop cleanly: the
+output video is finalised and the camera released.
+"""
+import argparse
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+
+import cv2
+
+from utils.checkpoint import CheckpointError
+
+_END = object()
+
+
+class ThreadedCapture:
+    """Reads frames from ``cv2.VideoCapture(source)`` in a background thread.
+
+    A camera (``source`` is an int) keeps only the newest frame, so that a slow
+    model shows the present, not a backlog. A file keeps every frame (a
+    bounded queue; the reader waits), so that ``--output`` has as many frames
+    as the input. ``read()`` returns a BGR uint8 ``[H, W, 3]`` frame, or None
+    at the end of the stream.
+    """
+
+    def __init__(self, source, queue_size=8):
+        self.is_camera = isinstance(source, int)
+        self.cap = cv2.VideoCapture(source)
+        if not self.cap.isOpened():
+            kind = 'camera' if self.is_camera else 'video file'
+            raise OSError(f'--source {source}: cannot open this {kind}')
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if 1 <= fps <= 240 else 30.0
+        self.queue = queue.Queue(maxsize=1 if self.is_camera else queue_size)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _put(self, item):
+        while not self.stopped.is_set():
+            if self.is_camera and item is not _END:
+                try:                          # drop the stale frame
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    pass
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self):
+        while not self.stopped.is_set():
+            ok, frame = self.cap.read()
+            if not ok:
+                break
+            self._put(frame)
+        self._put(_END)
+
+    def read(self):
+        while True:
+            try:
+                item = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                if self.stopped.is_set() or not self.thread.is_alive() and self.queue.empty():
+                    return None
+                continue
+            return None if item is _END else item
+
+    def release(self):
+        self.stopped.set()
+        self.thread.join(timeout=2)
+        self.cap.release()
+
+
+def open_writer(path, fps, frame):
+    """A ``cv2.VideoWriter`` for ``frame``'s size: mp4v for .mp4/.mov/.m4v,
+    MJPG otherwise (.avi)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    ext = os.path.splitext(path)[1].lower()
+    fourcc = cv2.VideoWriter_fourcc(*('mp4v' if ext in ('.mp4', '.mov', '.m4v') else 'MJPG'))
+    h, w = frame.shape[:2]
+    writer = cv2.VideoWriter(path, fourcc, fps, (w, h))
+    if not writer.isOpened():
+        raise OSError(f'--output {path}: OpenCV cannot write this video format')
+    return writer
+
+
+def draw_fps(img, fps):
+    cv2.putText(img, f'FPS: {fps:.1f}', (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, f'FPS: {fps:.1f}', (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
+def run(predictor, classes, capture, thresh=0.6, output=None, display=True, max_frames=None):
+    """Detect on every frame of ``capture``, draw, show and/or write.
+
+    Returns the number of frames processed (= written when ``output``)."""
+    from utils.draw import draw_detections
+    writer, n, fps, t_last = None, 0, 0.0, time.perf_counter()
+    try:
+        while max_frames is None or n < max_frames:
+            frame = capture.read()
+            if frame is None:
+                break
+            det = predictor([frame])[0]
+            out = draw_detections(frame, det['boxes'], det['labels'], det['scores'],
+                                  classes, thresh=thresh)
+            now = time.perf_counter()
+            fps = 0.9 * fps + 0.1 / max(now - t_last, 1e-6) if n else 1 / max(now - t_last, 1e-6)
+            t_last = now
+            draw_fps(out, fps)
+            if output:
+                writer = writer or open_writer(output, capture.fps, out)
+                writer.write(out)
+            n += 1
+            if display:
+                cv2.imshow('SSD (q to quit)', out)
+                if cv2.waitKey(1) & 0xFF == ord('q'):
+                    break
+    except KeyboardInterrupt:
+        print('\ninterrupted', file=sys.stderr)
+    finally:
+        if writer is not None:
+            writer.release()
+        if display:
+            cv2.destroyAllWindows()
+    return n
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='Live SSD detection on a webcam or a video file.')
+    p.add_argument('--weights', default='weights/ssd300_mAP_77.43_v2.pth',
+                   help='trained weights (ssd.pytorch files, our snapshots or checkpoints)')
+    p.add_argument('--source', default='0', help='camera index (default 0) or video file')
+    p.add_argument('--output', default=None, help='write the drawn video here (.mp4 or .avi)')
+    p.add_argument('--no_display', action='store_true', help='no window (headless machines)')
+    p.add_argument('--size', type=int, default=None, choices=(300, 512),
+                   help='override the input size inferred from the weights')
+    p.add_argument('--dataset', default=None, choices=('VOC', 'COCO', 'shapes', 'custom'),
+                   help='override the model/classes inferred from the weights')
+    p.add_argument('--channel_order', default=None, choices=('RGB', 'BGR'),
+                   help='override the channel order known for the weights')
+    p.add_argument('--thresh', type=float, default=0.6, help='score threshold for drawing')
+    p.add_argument('--cuda', action='store_true', help='run on the GPU (if available)')
+    p.add_argument('--max_frames', type=int, default=None, help='stop after this many frames')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from utils.inference import Predictor
+    from utils.weights import build_from_weights
+    device = 'cuda' if args.cuda and __import__('torch').cuda.is_available() else 'cpu'
+    source = int(args.source) if args.source.isdigit() else args.source
+    if isinstance(source, str) and not os.path.isfile(source):
+        print(f'error: --source {source}: no such file', file=sys.stderr)
+        return 1
+    try:
+        net, classes, order = build_from_weights(args.weights, 'test', size=args.size,
+                                                 dataset=args.dataset,
+                                                 channel_order=args.channel_order, device=device,
+                                                 conf_thresh=args.thresh)
+        capture = ThreadedCapture(source)
+    except (CheckpointError, OSError, ValueError) as e:
+        hint = ' (see weights/README.md)' if isinstance(e, CheckpointError) else ''
+        print(f'error: {e}{hint}', file=sys.stderr)
+        return 1
+    display = not args.no_display
+    if display and sys.platform.startswith('linux') and not (
+            os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
+        print('warning: no display found; running as with --no_display', file=sys.stderr)
+        display = False
+    print(f'{args.weights}: {net.cfg["name"]} at {net.size}, {len(classes)} classes, '
+          f'{order} input; source {source}')
+    predictor = Predictor(net, net.size, device=device, channel_order=order, conf_thresh=args.thresh)
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        n = run(predictor, classes, capture, args.thresh, args.output,
+                display=display, max_frames=args.max_frames)
+    except (OSError, cv2.error) as e:
+        print(f'error: {str(e).strip().splitlines()[-1]}', file=sys.stderr)
+        return 1
+    finally:
+        capture.release()
+        signal.signal(signal.SIGTERM, old)
+    print(f'{n} frames' + (f' written to {args.output}' if args.output else ''))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
