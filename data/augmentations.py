@@ -159,16 +159,19 @@ def _centres_inside(patches, boxes):
 
 
 def sample_patch(boxes, rng=np.random, min_ious=MIN_IOUS, trials=50,
-                 scale=(0.3, 1.0), aspect=(0.5, 2.0)):
+                 scale=(0.3, 1.0), aspect=(0.5, 2.0), any_patch=True):
     """Choose a crop patch as Caffe's batch sampler does.
 
     Args:
         boxes: float [n, 4] (x1, y1, x2, y2) normalised to the canvas.
+        min_ious: one sampler per bound; any_patch adds the unconstrained
+            sampler (Caffe's max_jaccard_overlap 1.0).
     Returns:
         float64 [4] patch (x1, y1, x2, y2) normalised to the canvas; the
         whole canvas (0, 0, 1, 1) is always a candidate.
     """
-    k = len(min_ious) + 1                          # + the "any" sampler
+    bounds = list(min_ious) + ([-np.inf] if any_patch else [])
+    k = len(bounds)
     s = rng.uniform(scale[0], scale[1], (k, trials))
     lo = np.maximum(aspect[0], s ** 2)
     hi = np.minimum(aspect[1], 1.0 / s ** 2)
@@ -178,9 +181,9 @@ def sample_patch(boxes, rng=np.random, min_ious=MIN_IOUS, trials=50,
     y1 = (1 - h) * rng.random((k, trials))
     patches = np.stack([x1, y1, x1 + w, y1 + h], -1)
     candidates = [np.array([0.0, 0.0, 1.0, 1.0])]
-    if len(boxes):
+    if len(boxes) and k:
         boxes = np.asarray(boxes, np.float64)
-        bounds = np.array(list(min_ious) + [-np.inf])[:, None, None]
+        bounds = np.array(bounds)[:, None, None]
         ok = ((_iou(patches, boxes) >= bounds).any(-1)
               & _centres_inside(patches, boxes).any(-1))
         for i in range(k):
@@ -216,7 +219,8 @@ class SSDAugmentation:
     def __init__(self, size=300, mean=(104, 117, 123), expand_prob=0.5,
                  max_expand=4.0, min_ious=MIN_IOUS, trials=50,
                  scale=(0.3, 1.0), aspect=(0.5, 2.0), mirror_prob=0.5,
-                 distort=True, channel_shuffle_prob=0.0, rng=None):
+                 distort=True, channel_shuffle_prob=0.0, any_patch=True,
+                 rng=None):
         self.size = int(size)
         self.mean = np.array(mean, dtype=np.float32)
         self.expand_prob, self.max_expand = expand_prob, max_expand
@@ -224,6 +228,7 @@ class SSDAugmentation:
         self.scale, self.aspect = scale, aspect
         self.mirror_prob, self.distort = mirror_prob, distort
         self.channel_shuffle_prob = channel_shuffle_prob
+        self.any_patch = any_patch
         self.rng = rng
 
     def _expand(self, rng, w, h):
@@ -244,7 +249,7 @@ class SSDAugmentation:
         scale_c = np.array([cw, ch, cw, ch], np.float64)
         px = boxes.astype(np.float64) * [w, h, w, h] + [left, top, left, top]
         patch = sample_patch(px / scale_c, rng, self.min_ious, self.trials,
-                             self.scale, self.aspect)
+                             self.scale, self.aspect, self.any_patch)
         patch = np.round(patch * scale_c)               # integer canvas pixels
         patch[2:] = np.maximum(patch[2:], patch[:2] + 1)
         px, labels = crop_boxes(px, labels, patch)
