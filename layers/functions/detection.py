@@ -1,7 +1,7 @@
 """Test-time detection: decode the offsets, then per-class NMS, batched."""
 import torch
 import torch.nn as nn
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, nms
 
 from ..box_utils import decode
 
@@ -39,25 +39,26 @@ class Detect(nn.Module):
     @torch.no_grad()
     def forward(self, loc_data, conf_data, prior_data):
         B, P, C = conf_data.shape
-        loc_data, conf_data = loc_data.float(), conf_data.float()
-        boxes = decode(loc_data, prior_data.float(), self.variance)     # [B, P, 4]
-        classes = torch.tensor([c for c in range(C) if c != self.background_label],
-                               device=conf_data.device)
-        scores = conf_data.index_select(2, classes).transpose(1, 2)     # [B, C', P]
-        k = min(self.top_k, P)
-        top_scores, top_idx = scores.topk(k, dim=2)                      # [B, C', k]
-        keep = top_scores > self.conf_thresh
-        img, cls, rank = keep.nonzero(as_tuple=True)
-        cand_scores = top_scores[img, cls, rank]
-        cand_boxes = boxes[img, top_idx[img, cls, rank]]
-        group = img * C + classes[cls]
-        kept = batched_nms(cand_boxes, cand_scores, group, self.nms_thresh)
+        conf_data = conf_data.float()
+        mask = conf_data > self.conf_thresh                            # [B, P, C]
+        if 0 <= self.background_label < C:
+            mask[..., self.background_label] = False
+        img, prior, cls = mask.nonzero(as_tuple=True)
+        scores = conf_data[img, prior, cls]
+        group = img * C + cls
+        order, counts = _top_k_per_group(scores, group, B * C, self.top_k)
+        img, prior, group, scores = img[order], prior[order], group[order], scores[order]
+        boxes = decode(loc_data[img, prior].float(), prior_data[prior].float(),
+                       self.variance)
+        kept = _nms_per_group(boxes, scores, group, counts, self.nms_thresh)
         if self.keep_top_k is not None:
-            kept = self._cap_per_image(kept, img[kept], B)
-        return self._scatter(kept, group, cand_scores, cand_boxes, B, C)
+            kept = self._cap_per_image(kept, scores, img, B)
+        return self._scatter(kept, group, scores, boxes, B, C)
 
-    def _cap_per_image(self, kept, img, B):
-        """``kept`` is sorted by score; keep the first keep_top_k of each image."""
+    def _cap_per_image(self, kept, scores, img, B):
+        """Keep the keep_top_k best-scoring of each image's detections."""
+        kept = kept[scores[kept].argsort(descending=True, stable=True)]
+        img = img[kept]
         order = torch.sort(img, stable=True).indices
         counts = torch.bincount(img, minlength=B)
         starts = torch.cumsum(counts, 0) - counts
@@ -77,3 +78,33 @@ class Detect(nn.Module):
         ok = slot < self.top_k
         out[g[ok], slot[ok]] = torch.cat([scores[kept[ok], None], boxes[kept[ok]]], 1)
         return out.view(B, C, self.top_k, 5)
+
+
+def _top_k_per_group(scores, group, num_groups, k):
+    """Indices of the ``k`` best scores of every group, ordered by group, then
+    by decreasing score (ties: lower index first); and the kept count per
+    group ``[num_groups]``."""
+    order = scores.argsort(descending=True, stable=True)
+    order = order[group[order].argsort(stable=True)]
+    counts = torch.bincount(group, minlength=num_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=order.device) - starts[group[order]]
+    keep = rank < k
+    return order[keep], counts.clamp(max=k)
+
+
+def _nms_per_group(boxes, scores, group, counts, iou_thresh):
+    """NMS within each group. ``boxes``/``scores``/``group`` are ordered by
+    group, then by decreasing score; ``counts [G]`` is the size of each group.
+    Returns indices of the kept boxes, by group then decreasing score. On the
+    CPU, torchvision's ``nms`` runs on each group's slice (cheaper than
+    ``batched_nms``, which compares boxes across groups or searches for each
+    group's members); elsewhere ``batched_nms`` does it in one call."""
+    if boxes.device.type != 'cpu':
+        kept = batched_nms(boxes, scores, group, iou_thresh)
+        return kept.sort().values
+    out, start = [], 0
+    for n in counts[counts > 0].tolist():
+        out.append(nms(boxes[start:start + n], scores[start:start + n], iou_thresh) + start)
+        start += n
+    return torch.cat(out) if out else group.new_zeros(0)

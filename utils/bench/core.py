@@ -1,0 +1,226 @@
+"""Core speed benchmark: ``python -m utils.bench.core [--only abc] [--repeats N]``.
+
+Prints the ratios of issue 2 item 8, every contender measured side by side in
+one process on the same inputs (warm-up runs, interleaved repeats, median),
+with ``torch.set_num_threads(2)`` unless ``--threads`` says otherwise:
+
+(a) matching + MultiBoxLoss + backward, batch 32, SSD300 (8732 priors, 21
+    classes): ours vs torchvision's SSD (per-image ``Matcher`` + ``box_iou``,
+    then ``SSD.compute_loss``) vs ssd.pytorch (:mod:`utils.bench.reference`).
+(b) ``Detect``, batch 8, trained-like logits: ours vs torchvision's
+    ``SSD.postprocess_detections`` vs ssd.pytorch's Detect (Python NMS).
+(c) inference end to end (BaseTransform + test-phase network), SSD300 at batch
+    1 and 8: ours vs torchvision's ``ssd300_vgg16`` carrying the same weights.
+
+Correctness cross-checks run first and are printed: our loss and gradients
+equal ssd.pytorch's, our Detect equals its Detect class by class, and the
+torchvision model given our weights gives the same raw head outputs.
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection import ssd300_vgg16
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.ops import box_iou
+
+from data.config import MEANS, voc
+from layers import Detect, MultiBoxLoss, PriorBox
+from layers.box_utils import point_form
+from utils.bench import reference as ref
+
+NUM_CLASSES = 21
+
+
+def timeit(fns, repeats, warmup=1):
+    """Run each callable ``warmup`` times, then ``repeats`` rounds, rotating
+    the order every round. Returns ``{name: median seconds}``."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def report(title, med, ours='ours'):
+    print(f'  {title}')
+    for n, t in med.items():
+        ratio = '' if n == ours else f'   ours is {t / med[ours]:.2f}x faster'
+        print(f'    {n:<28s} {t * 1e3:9.1f} ms{ratio}')
+
+
+def priors300():
+    """SSD300 VOC priors ``[8732, 4]`` (cx, cy, w, h)."""
+    return PriorBox(voc).forward()
+
+
+def random_targets(batch, seed, min_objs=1, max_objs=6):
+    """List of ``[n_i, 5]`` float32 targets (x1, y1, x2, y2, label 0..19),
+    1-6 objects per image, sides 0.05-0.9 (VOC-like)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batch):
+        n = int(torch.randint(min_objs, max_objs + 1, (1,), generator=g))
+        wh = 0.05 + 0.85 * torch.rand(n, 2, generator=g)
+        xy = torch.rand(n, 2, generator=g) * (1 - wh)
+        lab = torch.randint(0, NUM_CLASSES - 1, (n, 1), generator=g).float()
+        out.append(torch.cat([xy, xy + wh, lab], 1))
+    return out
+
+
+# ----------------------------------------------------------------- (a) loss
+def torchvision_ssd(num_classes=NUM_CLASSES, **kw):
+    """A torchvision SSD300 with random weights (no download)."""
+    torch.manual_seed(0)
+    return ssd300_vgg16(weights=None, weights_backbone=None,
+                        num_classes=num_classes, **kw)
+
+
+def tv_loss_fn(model, anchors_px, targets):
+    """torchvision's training-mode loss path: per-image matching, then
+    ``compute_loss``. Targets in pixels, labels with background = 0."""
+    tv_targets = [{'boxes': t[:, :4] * 300, 'labels': t[:, 4].long() + 1}
+                  for t in targets]
+
+    def run(loc, conf):
+        matched = [model.proposal_matcher(box_iou(t['boxes'], anchors_px))
+                   for t in tv_targets]
+        losses = model.compute_loss(
+            tv_targets, {'bbox_regression': loc, 'cls_logits': conf},
+            [anchors_px] * len(tv_targets), matched)
+        return losses['bbox_regression'], losses['classification']
+    return run
+
+
+def bench_loss(repeats, batch=32):
+    priors = priors300()
+    P = priors.shape[0]
+    g = torch.Generator().manual_seed(1)
+    loc = torch.randn(batch, P, 4, generator=g).requires_grad_()
+    conf = torch.randn(batch, P, NUM_CLASSES, generator=g).requires_grad_()
+    targets = random_targets(batch, seed=2)
+    ours = MultiBoxLoss(NUM_CLASSES, 0.5, True, 0, True, 3, 0.5, False, False)
+    theirs = ref.MultiBoxLoss(NUM_CLASSES)
+    tv = tv_loss_fn(torchvision_ssd(), point_form(priors) * 300, targets)
+
+    def step(loss_fn):
+        def run():
+            loc.grad = conf.grad = None
+            loss_l, loss_c = loss_fn((loc, conf, priors), targets)
+            (loss_l + loss_c).backward()
+        return run
+
+    check_loss(ours, theirs, tv, loc, conf, priors, targets)
+    med = timeit({'ours': step(ours),
+                  'torchvision SSD.compute_loss': step(lambda p, t: tv(p[0], p[1])),
+                  'ssd.pytorch (reference)': step(theirs)}, repeats)
+    n_obj = sum(len(t) for t in targets)
+    report(f'(a) match + MultiBoxLoss + backward, batch {batch}, {P} priors, '
+           f'{NUM_CLASSES} classes, {n_obj} objects', med)
+    return med
+
+
+def check_loss(ours, theirs, tv, loc, conf, priors, targets):
+    """Print the loss and gradient differences between the contenders."""
+    vals, grads = {}, {}
+    for name, fn in (('ours', ours), ('ref', theirs),
+                     ('tv', lambda p, t: tv(p[0], p[1]))):
+        loc.grad = conf.grad = None
+        loss_l, loss_c = fn((loc, conf, priors), targets)
+        (loss_l + loss_c).backward()
+        vals[name] = torch.stack([loss_l.detach(), loss_c.detach()])
+        grads[name] = (loc.grad.clone(), conf.grad.clone())
+    loc.grad = conf.grad = None
+    d = (vals['ours'] - vals['ref']).abs().max().item()
+    dg = max((a - b).abs().max().item() for a, b in zip(grads['ours'], grads['ref']))
+    print(f'  check (a): loss ours {vals["ours"].tolist()} vs ssd.pytorch '
+          f'{vals["ref"].tolist()}: max |diff| {d:.2e}, gradients {dg:.2e} '
+          f'[{"OK" if d < 1e-4 and dg < 1e-6 else "MISMATCH"}]')
+    print(f'             torchvision {vals["tv"].tolist()} (different matcher '
+          f'and mining ties; shown for scale only)')
+
+
+# --------------------------------------------------------------- (b) detect
+def trained_like_outputs(batch, priors, seed=3, objects=4):
+    """Head outputs shaped like a trained SSD's: ``loc [B, P, 4]`` small
+    offsets; ``conf [B, P, C]`` logits with a confident background almost
+    everywhere and, around ``objects`` random boxes per image, priors with
+    IoU > 0.3 peaked on the object's class (logit 4-10), some confusion."""
+    g = torch.Generator().manual_seed(seed)
+    B, P, C = batch, priors.shape[0], NUM_CLASSES
+    loc = 0.5 * torch.randn(B, P, 4, generator=g)
+    conf = torch.randn(B, P, C, generator=g)
+    conf[..., 0] += 9.0
+    boxes = torch.stack([t[:, :4] for t in random_targets(
+        B, seed + 1, objects, objects)])
+    iou = box_iou(boxes.view(-1, 4), point_form(priors)).view(B, objects, P)
+    best_iou, best_obj = iou.max(1)
+    cls = torch.randint(1, C, (B, objects), generator=g).gather(1, best_obj)
+    peak = 4.0 + 6.0 * best_iou * torch.rand(B, P, generator=g)
+    hit = best_iou > 0.3
+    conf[..., 0] -= hit * (4.0 + 4.0 * torch.rand(B, P, generator=g))
+    conf.scatter_add_(2, cls[..., None], (peak * hit)[..., None])
+    return loc, conf
+
+
+def bench_detect(repeats, batch=8):
+    priors = priors300()
+    loc, conf = trained_like_outputs(batch, priors)
+    ours = Detect(NUM_CLASSES, 0, 200, 0.01, 0.45)
+    theirs = ref.Detect(NUM_CLASSES, 0, 200, 0.01, 0.45)
+    model = torchvision_ssd(score_thresh=0.01, nms_thresh=0.45,
+                            detections_per_img=200, topk_candidates=200)
+    anchors = [point_form(priors) * 300] * batch
+    sizes = [(300, 300)] * batch
+    fns = {
+        'ours': lambda: ours(loc, F.softmax(conf, -1), priors),
+        'torchvision postprocess': lambda: model.postprocess_detections(
+            {'bbox_regression': loc, 'cls_logits': conf}, anchors, sizes),
+        'ssd.pytorch (reference)': lambda: theirs(loc, F.softmax(conf, -1), priors),
+    }
+    with torch.inference_mode():
+        scores = F.softmax(conf, -1)[..., 1:]
+        cand = (scores > 0.01).sum(1).float()
+        a, b = ours(loc, F.softmax(conf, -1), priors), theirs(loc, F.softmax(conf, -1), priors)
+        d = (a - b).abs().max().item()
+        n = int((a[..., 0] > 0).sum())
+        same = bool(((a[..., 0] > 0) == (b[..., 0] > 0)).all())
+        print(f'  check (b): {n} detections; candidates > 0.01 per image and '
+              f'class: median {cand.median():.0f}, max {cand.max():.0f}; ours vs '
+              f'ssd.pytorch class by class: same slots {same}, max |diff| {d:.2e} '
+              f'[{"OK" if same and d < 1e-6 else "MISMATCH"}]')
+        med = timeit(fns, repeats)
+    report(f'(b) Detect, batch {batch}, {NUM_CLASSES} classes, top_k 200, '
+           'conf 0.01, nms 0.45 (softmax included)', med)
+    return med
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--only', default='abc', help='which benchmarks: a, b, c')
+    p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--threads', type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f'torch {torch.__version__}, torch.set_num_threads({args.threads}), '
+          f'{args.repeats} interleaved repeats after warm-up, medians')
+    if 'a' in args.only:
+        bench_loss(args.repeats)
+    if 'b' in args.only:
+        bench_detect(args.repeats)
+    if 'c' in args.only:
+        from utils.bench.core_e2e import bench_e2e
+        bench_e2e(max(3, args.repeats // 2))
+
+
+if __name__ == '__main__':
+    main()
