@@ -54,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument('--channel_order', default=None, choices=['RGB', 'BGR'],
                    help='Input channel order (default: RGB; BGR for Caffe-converted weights)')
     p.add_argument('--bgr', action='store_true', help='Same as --channel_order BGR')
+    p.add_argument('--pr_curves', default=True, type=str2bool,
+                   help='Write <class>_pr.png and pr_curves.png into --save_folder')
     return p.parse_args(argv)
 
 

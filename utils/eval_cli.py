@@ -138,7 +138,8 @@ def run(args):
     else:
         results, dets, gt, name = evaluate_network(args, metrics)
     print_tables(results)
-    written = save_outputs(results, dets, gt.class_names, args.save_folder, name)
+    written = save_outputs(results, dets, gt.class_names, args.save_folder, name,
+                           pr_curves=getattr(args, 'pr_curves', True))
     if args.cleanup:
         for p in written:
             if os.path.basename(p).find('det_') >= 0 and p.endswith('.txt'):

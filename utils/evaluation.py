@@ -208,7 +208,7 @@ def print_tables(results):
             print(coco_table(results[m]) if m == 'coco' else voc_table(results[m], m == 'voc07'))
 
 
-def save_outputs(results, dets, class_names, folder, set_type='test'):
+def save_outputs(results, dets, class_names, folder, set_type='test', pr_curves=True):
     """Devkit files, COCO results JSON (when computed) and PR curves into
     ``folder``. Returns the list of written paths."""
     from utils.pr_curves import save_pr_curves
@@ -216,7 +216,8 @@ def save_outputs(results, dets, class_names, folder, set_type='test'):
     if 'coco' in results:
         paths.append(write_results(results['coco']['results'],
                                    os.path.join(folder, f'detections_{set_type}_results.json')))
-    paths += save_pr_curves(folder, results)
+    if pr_curves:
+        paths += save_pr_curves(folder, results)
     return paths
 
 
