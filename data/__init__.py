@@ -20,6 +20,12 @@ from .shapes import ShapesDetection, SHAPES_CLASSES  # noqa: F401
 from .custom import CustomDetection, YOLODetection  # noqa: F401
 from .factory import get_dataset  # noqa: F401
 
+# The submodules data/coco.py and data/shapes.py were bound to the package
+# attributes `coco` and `shapes` on import; the contract (and ssd.pytorch)
+# wants the config dicts there: `from data import coco, shapes`. (Import the
+# modules with `from data.shapes import ...`, never `import data.shapes as m`.)
+from .config import coco, shapes  # noqa: F401,E402
+
 # `python -m data.shapes` runs a module this package imports; runpy's
 # warning about that is harmless.
 _warnings.filterwarnings('ignore', message=".*'data\\..*' found in sys.modules",
