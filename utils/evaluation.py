@@ -22,7 +22,7 @@ from data.config import MEANS
 from utils.coco_eval import coco_from_gt, coco_results, evaluate_coco, write_results
 from utils.detections_io import (Detections, GroundTruth, parse_voc_xml,
                                  write_devkit)
-from utils.inference import split_detections, test_mode
+from utils.inference import split_detections, inference_phase
 from utils.voc_eval import evaluate_voc
 
 METRICS = ('voc07', 'voc12', 'coco')
@@ -91,7 +91,7 @@ def detect_dataset(net, dataset, device='cpu', batch_size=8, num_workers=0, conf
                             collate_fn=_collate, pin_memory=device.type == 'cuda')
     pos = {i: k for k, i in enumerate(indices)}
     img, lab, sc, bx = [], [], [], []
-    with test_mode(net, conf_thresh, top_k) as plain, torch.inference_mode(), \
+    with inference_phase(net, conf_thresh, top_k) as plain, torch.inference_mode(), \
             tqdm(total=len(view), desc='im_detect', unit='img', disable=not progress) as bar:
         for x, idx, hw in loader:
             out = plain(x.to(device, non_blocking=True))

@@ -29,7 +29,7 @@ def unwrap(net):
 
 
 @contextlib.contextmanager
-def test_mode(net, conf_thresh=None, top_k=None):
+def inference_phase(net, conf_thresh=None, top_k=None):
     """Temporarily put ``net`` in 'test' phase and eval mode (and optionally
     set its Detect's ``conf_thresh`` / ``top_k``); restore everything after."""
     net = unwrap(net)
@@ -104,7 +104,7 @@ class Predictor:
         for s in range(0, len(images), self.batch_size):
             chunk = [_check_image(im) for im in images[s:s + self.batch_size]]
             x = self.preprocess(chunk).to(self.device)
-            with test_mode(self.net) as net:
+            with inference_phase(self.net) as net:
                 out = net(x)
             sizes = [im.shape[:2] for im in chunk]
             for boxes, scores, labels in split_detections(out, sizes, self.conf_thresh):
@@ -176,6 +176,22 @@ def model_spec(state, meta, dataset=None, size=None, num_classes=None):
     return preset, size, int(num_classes)
 
 
+def channel_order(path, meta):
+    """The input channel order the weights expect: utils.weights' table
+    (checkpoint metadata, then known file names such as the Caffe-converted
+    ``ssd_300_VOC0712.pth``), else 'RGB'."""
+    try:
+        from utils.weights import channel_order_for
+    except ImportError:
+        channel_order_for = None
+    if channel_order_for is not None:
+        ck = {'args': {'channel_order': meta['channel_order']}} if meta.get('channel_order') else {}
+        return channel_order_for(path, None, ck)
+    if meta.get('channel_order'):
+        return meta['channel_order']
+    return 'BGR' if os.path.basename(str(path)).startswith(BGR_WEIGHT_NAMES) else 'RGB'
+
+
 def build_model(state, meta, path='<weights>', dataset=None, size=None, num_classes=None,
                 device='cpu', phase='test', **detect_kwargs):
     """Build the SSD chosen by :func:`model_spec` and load ``state`` into it.
@@ -195,9 +211,7 @@ def build_model(state, meta, path='<weights>', dataset=None, size=None, num_clas
         first = ' '.join(x.strip() for x in str(e).strip().splitlines()[:2])[:300]
         raise CheckpointError(f'{path}: does not fit the {preset} SSD{size} with '
                               f'{num_classes} classes ({first})') from None
-    order = meta.get('channel_order') or (
-        'BGR' if os.path.basename(str(path)).startswith(BGR_WEIGHT_NAMES) else 'RGB')
-    info = dict(channel_order=order, preset=preset, size=net.size,
+    info = dict(channel_order=channel_order(path, meta), preset=preset, size=net.size,
                 num_classes=num_classes, args=meta.get('args', {}))
     return net.to(device), info
 
