@@ -77,7 +77,8 @@ class Report:
                 'box_stats': self.box_stats(), 'problems': self.problems,
                 'warnings': self.warnings}
 
-    def print(self, out=sys.stdout, max_warnings=50):
+    def print(self, out=None, max_warnings=50):
+        out = out or sys.stdout
         p = lambda *a: print(*a, file=out)
         p(f'{self.format} dataset at {self.root}')
         p(f'images: {self.images}  objects: {self.objects}  '

@@ -5,6 +5,8 @@ Each ``check_<format>(report, root, year, split, decode, classes)`` fills a
 import glob
 import os
 import os.path as osp
+import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from xml.etree.ElementTree import Element
 
@@ -32,16 +34,38 @@ def image_problem(path, decode=True):
     problem = check_image(path, buf)
     if problem or not decode:
         return problem, None
-    img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+    img, messages = _decode_capturing_stderr(buf)
     if img is None:
         return 'unreadable image (cannot be decoded)', None
+    if 'corrupt' in messages.lower() or 'premature' in messages.lower():
+        first = messages.strip().splitlines()[0]
+        return f'corrupt image data (decoder: {first})', None
     return None, (img.shape[1], img.shape[0])
 
 
+def _decode_capturing_stderr(buf):
+    """cv2.imdecode, returning (image or None, what libjpeg/libpng wrote to
+    the process's stderr meanwhile: their warnings about corrupt data)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return img, tmp.read().decode('utf-8', 'replace')
+
+
 def _images(paths, decode):
-    """image_problem over many files, in threads (OpenCV frees the GIL)."""
+    """image_problem over many files. Decoding runs in this thread, one
+    image at a time, because the decoder's warnings are read from fd 2."""
+    if decode:
+        return [image_problem(p, True) for p in paths]
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as ex:
-        return list(ex.map(lambda p: image_problem(p, decode), paths))
+        return list(ex.map(lambda p: image_problem(p, False), paths))
 
 
 def _box_warnings(report, file, k, name, box, w, h, tol=0.0):
