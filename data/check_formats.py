@@ -161,8 +161,12 @@ def check_voc(report, root, year=None, split=None, decode=True, classes=None):
         ids = _voc_ids(report, d, split)
         report.images += len(ids)
         paths = [_voc_image_path(d, i) for i in ids]
-        for name, img_path, (prob, size) in zip(ids, paths,
-                                                _images(paths, decode)):
+        if osp.isdir(osp.join(d, 'JPEGImages')):
+            results = _images(paths, decode)
+        else:       # annotations only (e.g. the devkit's annotation tarball)
+            report.warning(d, 'no JPEGImages/ folder: images not checked')
+            results = [(None, None)] * len(ids)
+        for name, img_path, (prob, size) in zip(ids, paths, results):
             if prob:
                 report.problem(img_path, prob)
             xml = osp.join(d, 'Annotations', name + '.xml')
