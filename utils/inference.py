@@ -156,22 +156,22 @@ def read_checkpoint(path):
 
 
 def model_spec(state, meta, dataset=None, size=None, num_classes=None):
-    """Pick (preset, size, num_classes), first match wins: explicit arguments
-    (``dataset='shapes'`` means the shapes preset), the checkpoint's ``args``
-    (``dataset``, ``size``), the state dict's shapes, then VOC SSD300."""
+    """Pick (preset, size, num_classes). The preset: 'shapes' when the dataset
+    (``dataset``, else the checkpoint's ``args['dataset']``) is shapes, the
+    paper's SSD when ``size`` is given, else what the state dict's shapes say
+    (5 heads: shapes preset; 6: SSD300; 7: SSD512), else the checkpoint's
+    ``args['size']`` or 300. ``num_classes``: given, else the state dict's."""
     args = meta.get('args', {})
     guess = infer_spec(state)
     ds = dataset or args.get('dataset')
     if ds == 'shapes':
-        preset = 'shapes'
-    elif size or ds is not None:
-        preset = 'ssd'
+        preset, size = 'shapes', SHAPES_CFG['min_dim']
+    elif size:
+        preset, size = 'ssd', int(size)
+    elif guess:
+        preset, size = guess[0], guess[1]
     else:
-        preset = guess[0] if guess else 'ssd'
-    if preset == 'shapes':
-        size = SHAPES_CFG['min_dim']
-    else:
-        size = int(size or args.get('size') or (guess[1] if guess and guess[0] == 'ssd' else 300))
+        preset, size = 'ssd', int(args.get('size') or 300)
     num_classes = num_classes or (guess[2] if guess else 21)
     return preset, size, int(num_classes)
 
