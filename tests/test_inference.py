@@ -81,6 +81,8 @@ def test_load_model_kinds_and_errors(net, tmp_path):
     with pytest.raises(CheckpointError, match='cut.pth: not a readable'):
         load_model(str(tmp_path / 'cut.pth'))
     with pytest.raises(CheckpointError, match='snap.pth: does not fit the ssd SSD300 with 21'):
+        load_model(str(tmp_path / 'snap.pth'), dataset='VOC', size=300, num_classes=21)
+    with pytest.raises(CheckpointError, match='snap.pth: does not fit the shapes SSD160 with 21'):
         load_model(str(tmp_path / 'snap.pth'), dataset='VOC', num_classes=21)
 
 
