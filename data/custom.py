@@ -126,11 +126,12 @@ def yolo_files(root, image_set):
     lab_dir = osp.join(root, 'labels', image_set)
     if not osp.isdir(img_dir):
         img_dir, lab_dir = osp.join(root, 'images'), osp.join(root, 'labels')
-    if not osp.isdir(img_dir):
-        raise DatasetError(f'{root}: no images/{image_set}/ or images/ '
-                           'folder (YOLO layout)')
     names = sorted(n for n in os.listdir(img_dir)
-                   if n.lower().endswith(IMAGE_EXTS))
+                   if n.lower().endswith(IMAGE_EXTS)) \
+        if osp.isdir(img_dir) else []
+    if not names:
+        raise DatasetError(f'{root}: no images in images/{image_set}/ or '
+                           'images/ (YOLO layout)')
     return img_dir, lab_dir, names
 
 

@@ -96,3 +96,9 @@ def test_unknown_layout_and_missing_classes(tmp_path):
     os.makedirs(tmp_path / 'images')
     with pytest.raises(DatasetError, match='no classes file'):
         get_dataset('custom', str(tmp_path))
+
+
+def test_yolo_missing_split_is_an_error(tmp_path):
+    root = make_yolo(str(tmp_path))
+    with pytest.raises(DatasetError, match='no images in images/val/'):
+        get_dataset('custom', root, 'val')
