@@ -7,8 +7,8 @@
 The model (SSD300, SSD512, the shapes preset; the classes) and its channel
 order are taken from the weight file (``utils.weights.build_from_weights``);
 ``--size``, ``--dataset`` and ``--channel_order`` override. Capture runs in a
-thread (no imutils). ``q`` in the window, Ctrl-C or SIGTERM stop cleanly: the
-output video is finalised and the camera released.
+thread (no imutils). ``q`` or Esc in the window, Ctrl-C or SIGTERM stop
+cleanly: the output video is finalised and the camera released; ``p`` pauses.
 """
 import argparse
 import os
@@ -23,6 +23,15 @@ import cv2
 from utils.checkpoint import CheckpointError
 
 _END = object()
+DEFAULT_WEIGHTS = ('weights/ssd300_mAP_77.43_v2.pth', 'weights/ssd_300_VOC0712.pth')
+
+
+def _str2bool(v):
+    if str(v).lower() in ('1', 'true', 'yes', 'y', 't'):
+        return True
+    if str(v).lower() in ('0', 'false', 'no', 'n', 'f'):
+        return False
+    raise argparse.ArgumentTypeError(f'expected True or False, got {v!r}')
 
 
 class ThreadedCapture:
@@ -82,7 +91,8 @@ class ThreadedCapture:
     def release(self):
         self.stopped.set()
         self.thread.join(timeout=2)
-        self.cap.release()
+        if not self.thread.is_alive():     # never release under a blocked read()
+            self.cap.release()
 
 
 def open_writer(path, fps, frame):
@@ -130,8 +140,13 @@ def run(predictor, classes, capture, thresh=0.6, output=None, display=True, max_
                 writer.write(out)
             n += 1
             if display:
-                cv2.imshow('SSD (q to quit)', out)
-                if cv2.waitKey(1) & 0xFF == ord('q'):
+                cv2.imshow('SSD (q to quit, p to pause)', out)
+                key = cv2.waitKey(1) & 0xFF
+                if key == ord('p'):          # pause until p again (q/Esc quit)
+                    key = 0
+                    while key not in (ord('p'), ord('q'), 27):
+                        key = cv2.waitKey(50) & 0xFF
+                if key in (ord('q'), 27):
                     break
     except KeyboardInterrupt:
         print('\ninterrupted', file=sys.stderr)
@@ -145,8 +160,9 @@ def run(predictor, classes, capture, thresh=0.6, output=None, display=True, max_
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Live SSD detection on a webcam or a video file.')
-    p.add_argument('--weights', default='weights/ssd300_mAP_77.43_v2.pth',
-                   help='trained weights (ssd.pytorch files, our snapshots or checkpoints)')
+    p.add_argument('--weights', default=None,
+                   help='trained weights: ssd.pytorch files, our snapshots or checkpoints '
+                        f'(default: the first of {", ".join(DEFAULT_WEIGHTS)} present)')
     p.add_argument('--source', default='0', help='camera index (default 0) or video file')
     p.add_argument('--output', default=None, help='write the drawn video here (.mp4 or .avi)')
     p.add_argument('--no_display', action='store_true', help='no window (headless machines)')
@@ -157,18 +173,28 @@ def parse_args(argv=None):
     p.add_argument('--channel_order', default=None, choices=('RGB', 'BGR'),
                    help='override the channel order known for the weights')
     p.add_argument('--thresh', type=float, default=0.6, help='score threshold for drawing')
-    p.add_argument('--cuda', action='store_true', help='run on the GPU (if available)')
+    p.add_argument('--cuda', nargs='?', const=True, default=False, type=_str2bool,
+                   help='run on the GPU if available (--cuda or --cuda True)')
     p.add_argument('--max_frames', type=int, default=None, help='stop after this many frames')
     return p.parse_args(argv)
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    try:
+        return _main(parse_args(argv))
+    except KeyboardInterrupt:          # Ctrl-C while loading, before the loop
+        print('\ninterrupted', file=sys.stderr)
+        return 130
+
+
+def _main(args):
+    if args.weights is None:
+        args.weights = next((w for w in DEFAULT_WEIGHTS if os.path.isfile(w)), DEFAULT_WEIGHTS[0])
     from utils.inference import Predictor
     from utils.weights import build_from_weights
     device = 'cuda' if args.cuda and __import__('torch').cuda.is_available() else 'cpu'
     source = int(args.source) if args.source.isdigit() else args.source
-    if isinstance(source, str) and not os.path.isfile(source):
+    if isinstance(source, str) and not os.path.exists(source) and '://' not in source:
         print(f'error: --source {source}: no such file', file=sys.stderr)
         return 1
     try:
@@ -190,6 +216,7 @@ def main(argv=None):
           f'{order} input; source {source}')
     predictor = Predictor(net, net.size, device=device, channel_order=order, conf_thresh=args.thresh)
     old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    t0 = time.perf_counter()
     try:
         n = run(predictor, classes, capture, args.thresh, args.output,
                 display=display, max_frames=args.max_frames)
@@ -199,7 +226,9 @@ def main(argv=None):
     finally:
         capture.release()
         signal.signal(signal.SIGTERM, old)
-    print(f'{n} frames' + (f' written to {args.output}' if args.output else ''))
+    dt = time.perf_counter() - t0
+    print(f'{n} frames in {dt:.1f} s, approx. FPS {n / max(dt, 1e-9):.2f}'
+          + (f'; written to {args.output}' if args.output else ''))
     return 0
 
 
