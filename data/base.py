@@ -171,6 +171,15 @@ class DetectionDataset(data.Dataset):
                 index = (index + 1) % len(self)
 
     def _pull_item(self, index):
+        try:
+            return self._load_item(index)
+        except (DatasetError, IndexError):
+            raise
+        except Exception as e:    # unforeseen bad data: name the file
+            raise DatasetError(f'{self._file(index)}: {type(e).__name__}: '
+                               f'{e}') from e
+
+    def _load_item(self, index):
         img = self.pull_image(index)
         height, width = img.shape[:2]
         target = self.load_target(index, width, height)

@@ -108,6 +108,9 @@ def check_dataset(root, fmt, year=None, split=None, decode=True,
            classes=classes)
     except DatasetError as e:
         report.error(e)
+    except Exception as e:      # a case no check foresaw: still one line
+        report.problem(root, f'unexpected {type(e).__name__} while checking: '
+                       f'{e}')
     return report
 
 
