@@ -61,7 +61,7 @@ def _as_uint8(img):
     img = np.asarray(img)
     if img.dtype != np.uint8:
         img = np.clip(img, 0, 255).astype(np.uint8)
-    return img
+    return np.ascontiguousarray(img)
 
 
 def _boxes_labels(boxes, labels):
