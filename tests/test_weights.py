@@ -24,6 +24,9 @@ def test_channel_order_from_checkpoint_and_errors(tmp_path):
     assert channel_order_for(p, override='RGB') == 'RGB'
     torch.save({'w': torch.zeros(1)}, p)
     assert channel_order_for(p) == 'RGB'
+    # a recorded order beats the name table
+    ck = {'model': {'w': torch.zeros(1)}, 'args': {'channel_order': 'RGB'}}
+    assert channel_order_for('caffe_finetuned.pth', checkpoint=ck) == 'RGB'
     with pytest.raises(ValueError):
         channel_order_for(p, override='YUV')
 

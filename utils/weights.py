@@ -67,21 +67,26 @@ def _metadata(obj):
 def channel_order_for(path, override=None, checkpoint=None):
     """The channel order ('RGB' or 'BGR') that the weights ``path`` expect.
 
-    Order of precedence: ``override`` (a ``--channel_order`` flag), the
-    ``channel_order`` recorded in the checkpoint (``checkpoint`` is the loaded
-    object; the file is read when it is not given and the name is not known),
-    the file-name table of this module, then 'RGB'.
+    Order of precedence: ``override`` (a ``--channel_order`` flag); the
+    ``channel_order`` a checkpoint records (``checkpoint`` is the loaded
+    object; when it is not given, the file is read only if its name is not in
+    this module's table); the file-name table; then 'RGB'.
     """
     o = _check_order(override, '--channel_order')
     if o:
         return o
+    if checkpoint is not None:
+        o = _check_order(_metadata(checkpoint).get('channel_order'), str(path))
+        if o:
+            return o
     name = os.path.basename(os.fspath(path)).lower()
     for pattern, order in _NAME_ORDERS:
         if pattern.search(name):
             return order
     if checkpoint is None and os.path.isfile(path):
         checkpoint = load_file(path)
-    return _check_order(_metadata(checkpoint).get('channel_order'), str(path)) or 'RGB'
+        return _check_order(_metadata(checkpoint).get('channel_order'), str(path)) or 'RGB'
+    return 'RGB'
 
 
 def _shapes(sd):
