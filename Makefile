@@ -19,8 +19,18 @@ $(STAMP): requirements.txt requirements-dev.txt
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The shapes demo: train the small preset on the CPU, evaluate it (AP table
+# and eval.json), and draw its detections on a few validation images.
+DEMO ?= runs/demo
 demo: $(STAMP)
-	$(PY) -m utils.demo_pipeline --out runs/demo
+	$(PY) train.py --dataset shapes --save_folder $(DEMO) --eval_every 0
+	$(PY) eval.py --dataset shapes --trained_model $(DEMO)/shapes.pth \
+		--save_folder $(DEMO)/eval --json $(DEMO)/eval.json
+	rm -rf $(DEMO)/val_images $(DEMO)/detections
+	$(PY) -m data.shapes --out $(DEMO)/val_images --format voc --num 6 --seed 1
+	$(PY) test.py --dataset shapes --trained_model $(DEMO)/shapes.pth \
+		--input $(DEMO)/val_images/JPEGImages --save_folder $(DEMO)/detections \
+		--visual_threshold 0.5
 
 bench: $(STAMP)
 	$(PY) -m utils.benchmark

@@ -7,6 +7,8 @@ each dataset (see doc/training.md). Several GPUs or machines:
 import argparse
 import sys
 
+import torch
+
 
 def str2bool(v):
     if isinstance(v, bool):
@@ -75,6 +77,8 @@ def build_parser():
       help='with --nan_policy skip: stop after this many non-finite steps in a row')
     a('--log_every', default=10, type=int, help='iterations per metrics.csv row')
     a('--quiet', action='store_true', help='no progress bar')
+    a('--threads', default=None, type=int,
+      help='torch CPU threads (default: torch\'s choice, the number of cores)')
     a('--channel_order', default='RGB', choices=['RGB', 'BGR'],
       help='BGR for Caffe-converted basenets')
     a('--train_images', default=None, type=int, help='shapes: training images')
@@ -97,11 +101,16 @@ def main(argv=None):
     from utils.checkpoint import CheckpointError
     from utils.trainer import train
     from utils.training import NonFiniteLoss
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         run = train(args)
     except (NonFiniteLoss, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f'train.py: error: {e}', file=sys.stderr)
         return 1
+    finally:
+        torch.set_num_threads(threads)
     return 130 if run.status == 'interrupted' else 0
 
 

@@ -10,6 +10,7 @@
   iteration, from ``metrics.csv``, as a PNG (matplotlib, no display needed).
 """
 import csv
+import math
 import os
 import sys
 import time
@@ -145,8 +146,8 @@ class TrainLogger:
         now = time.perf_counter()
         dt = max(self._window + now - self._t_window, 1e-9)
         self.train_time += dt
-        n = max(self._sum[2], 1)
-        ll, lc = self._sum[0] / n, self._sum[1] / n
+        n = self._sum[2]
+        ll, lc = (self._sum[0] / n, self._sum[1] / n) if n else (math.nan, math.nan)
         ips = self._imgs / dt
         row = dict(iteration=done, loss_l=f'{ll:.5f}', loss_c=f'{lc:.5f}',
                    loss=f'{ll + lc:.5f}', lr=f'{lr:.3g}', img_per_s=f'{ips:.1f}',

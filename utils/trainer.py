@@ -324,13 +324,12 @@ def _agree(bad, stop, device):
 
 def _periodic(r, it, log):
     args = r.args
-    if it % args.save_every == 0 or (args.eval_every and it % args.eval_every == 0
-                                     and it < args.max_iter):
+    if it % args.save_every == 0 or (args.eval_every and it % args.eval_every == 0):
         log.pause()
         if it % args.save_every == 0:
             save_weights(r, snapshot_name(args, r.cfg, it))
             save_checkpoint(r, it)
-        if args.eval_every and it % args.eval_every == 0 and it < args.max_iter:
+        if args.eval_every and it % args.eval_every == 0:
             evaluate(r, it, log)
         log.resume()
 
