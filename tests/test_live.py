@@ -97,4 +97,4 @@ def test_module_entry_point(files):
                         '--max_frames', '3'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert count_frames(out) == 3
-    assert 'shapes at 160' in r.stdout
+    assert f"shapes at {shapes['min_dim']}, 5 classes" in r.stdout

@@ -1,9 +1,10 @@
 """demo/demo.ipynb executes top to bottom (nbclient), in its fast mode."""
-import os
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from data.config import shapes
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / 'demo' / 'demo.ipynb'
 
@@ -27,6 +28,7 @@ def test_notebook_executes(tmp_path, monkeypatch):
     assert not [o for o in outputs if o.output_type == 'error']
     assert any('image/png' in o.get('data', {}) for o in outputs)   # the matplotlib figure
     text = ''.join(o.get('text', '') for o in outputs)
-    assert 'shapes at 160x160, 5 classes, RGB input' in text
+    size = shapes['min_dim']
+    assert f'shapes at {size}x{size}, 5 classes, RGB input' in text
     assert '4 images in' in text
     assert (tmp_path / 'shapes.pth').is_file() and (tmp_path / 'detections.png').is_file()
