@@ -19,12 +19,12 @@ torchvision model given our weights gives the same raw head outputs.
 import argparse
 import statistics
 import time
+from unittest import mock
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection import ssd300_vgg16
-from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.ops import box_iou
 
 from data.config import MEANS, voc
@@ -204,6 +204,144 @@ def bench_detect(repeats, batch=8):
     return med
 
 
+# ------------------------------------------------------- (c) end to end
+class FixedAnchors(torch.nn.Module):
+    """Stands in for torchvision's anchor generator: our priors, in pixels."""
+
+    def __init__(self, priors):
+        super().__init__()
+        self.register_buffer('anchors', point_form(priors))
+
+    def forward(self, images, features):
+        return [self.anchors * torch.tensor(s[::-1] * 2) for s in images.image_sizes]
+
+
+def trained_like_ssd(seed=0):
+    """Our SSD300 (test phase) with seeded random weights, the background
+    biases of the conf heads raised by 6.5 so that, as in a trained model,
+    few priors pass conf_thresh 0.01. Weights NHWC (``channels_last=True``)."""
+    from ssd import build_ssd
+    torch.manual_seed(seed)
+    net = build_ssd('test', 300, NUM_CLASSES, channels_last=True).eval()
+    with torch.no_grad():
+        for c in net.conf:
+            c.bias[0::NUM_CLASSES] += 6.5
+    return net
+
+
+def torchvision_with_our_weights(net):
+    """torchvision's ``ssd300_vgg16`` with ``net``'s weights and priors:
+    the convolutions are mapped in order (VGG features, pool4..fc7 and the
+    extras, then the regression and classification heads), L2Norm's weight
+    is ``backbone.scale_weight``, and the anchors are our priors (its
+    ``DefaultBoxGenerator`` with ssd.pytorch's scales differs in 114 priors,
+    whose centres ssd.pytorch clips). Same thresholds as our Detect; no cap across classes."""
+    tv = torchvision_ssd(score_thresh=0.01, nms_thresh=0.45, topk_candidates=200,
+                         detections_per_img=200 * (NUM_CLASSES - 1)).eval()
+    tv.anchor_generator = FixedAnchors(net.priors)
+    ours = [m for part in (net.vgg, net.extras, net.loc, net.conf)
+            for m in part if isinstance(m, torch.nn.Conv2d)]
+    theirs = [m for part in (tv.backbone, tv.head.regression_head,
+                             tv.head.classification_head)
+              for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(ours) == len(theirs), (len(ours), len(theirs))
+    with torch.no_grad():
+        for a, b in zip(ours, theirs):
+            b.weight.copy_(a.weight)
+            b.bias.copy_(a.bias)
+        tv.backbone.scale_weight.copy_(net.L2Norm.weight)
+    return tv
+
+
+def synthetic_images(n, seed=4, shape=(375, 500)):
+    """``n`` BGR uint8 VOC-sized images: smooth colour fields with boxes."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        img = cv2.resize(small, shape[::-1], interpolation=cv2.INTER_LINEAR)
+        for _ in range(3):
+            x1, y1 = rng.integers(0, shape[1] - 60), rng.integers(0, shape[0] - 60)
+            color = tuple(int(c) for c in rng.integers(0, 256, 3))
+            cv2.rectangle(img, (int(x1), int(y1)), (int(x1) + 60 + int(rng.integers(0, 150)),
+                          int(y1) + 60 + int(rng.integers(0, 150))), color, -1)
+        out.append(img)
+    return out
+
+
+def ours_e2e(net, transform):
+    """BaseTransform (resize, subtract BGR means), swap to RGB, test phase."""
+    def run(images):
+        x = np.stack([transform(im)[0] for im in images])[..., ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+        with torch.inference_mode():
+            return net(x)
+    return run
+
+
+def tv_e2e(tv):
+    """torchvision's documented use: RGB float in [0, 1], model(list)."""
+    def run(images):
+        xs = [torch.from_numpy(np.ascontiguousarray(im[..., ::-1])).permute(2, 0, 1)
+              .float().div_(255) for im in images]
+        with torch.no_grad():
+            return tv(xs)
+    return run
+
+
+def check_e2e(net, tv, images, transform):
+    """Same preprocessed input through both: raw heads, priors, detections."""
+    from torchvision.models.detection.image_list import ImageList
+    x = np.stack([transform(im)[0] for im in images])[..., ::-1]
+    x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        net.phase = 'train'
+        loc, conf, priors = net(x)
+        net.phase = 'test'
+        dets = net(x)
+        feats = list(tv.backbone(x).values())
+        head = tv.head(feats)
+        anchors = tv.anchor_generator(ImageList(x, [(300, 300)] * len(x)), feats)
+        tv_dets = tv.postprocess_detections(head, anchors, [(300, 300)] * len(x))
+        with mock.patch('torchvision.models.detection.ssd.box_ops.clip_boxes_to_image',
+                        lambda boxes, size: boxes):   # ssd.pytorch does not clip
+            tv_noclip = tv.postprocess_detections(head, anchors, [(300, 300)] * len(x))
+    d_loc = (loc - head['bbox_regression']).abs().max().item()
+    d_conf = (conf - head['cls_logits']).abs().max().item()
+    d_pri = (point_form(priors) * 300 - anchors[0]).abs().max().item() / 300
+    ours_s = sorted(dets[..., 0][dets[..., 0] > 0].tolist())
+    tv_s = sorted(torch.cat([d['scores'] for d in tv_dets]).tolist())
+    nc_s = sorted(torch.cat([d['scores'] for d in tv_noclip]).tolist())
+    same = len(ours_s) == len(nc_s) and np.allclose(ours_s, nc_s, atol=1e-5)
+    print(f'  check (c): raw heads max |diff| loc {d_loc:.1e}, conf {d_conf:.1e} '
+          f'(|conf| up to {conf.abs().max():.0f}); priors {d_pri:.1e}; detections '
+          f'{len(ours_s)} ours vs {len(tv_s)} torchvision (it clips boxes to the '
+          f'image before NMS), {len(nc_s)} with its clipping off: scores equal '
+          f'{same} [{"OK" if same and max(d_loc, d_conf) < 1e-4 else "MISMATCH"}]')
+
+
+def bench_e2e(repeats, batches=(1, 8)):
+    try:
+        from data import BaseTransform
+    except ImportError:     # the data package is another module's; fall back
+        BaseTransform = None
+    net = trained_like_ssd()
+    tv = torchvision_with_our_weights(net)
+    transform = BaseTransform(300, MEANS)
+    images = synthetic_images(max(batches))
+    check_e2e(net, tv, images[:2], transform)
+    meds = {}
+    for b in batches:
+        imgs = images[:b]
+        fo, ft = ours_e2e(net, transform), tv_e2e(tv)
+        med = timeit({'ours': lambda: fo(imgs),
+                      'torchvision ssd300_vgg16': lambda: ft(imgs)}, repeats)
+        report(f'(c) inference end to end, SSD300, batch {b} (375x500 BGR uint8 in)', med)
+        meds[b] = med
+    return meds
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--only', default='abc', help='which benchmarks: a, b, c')
@@ -218,7 +356,6 @@ def main(argv=None):
     if 'b' in args.only:
         bench_detect(args.repeats)
     if 'c' in args.only:
-        from utils.bench.core_e2e import bench_e2e
         bench_e2e(max(3, args.repeats // 2))
 
 
