@@ -58,6 +58,8 @@ def build_parser():
     a('--lr_steps', default=None, type=int_list,
       help='comma-separated iterations where lr *= gamma')
     a('--warmup', default=None, type=int, help='linear lr warm-up iterations')
+    a('--optimizer', default=None, choices=['sgd', 'adamw'],
+      help='sgd (the paper; default) or adamw (the shapes preset\'s short schedule)')
     a('--save_every', default=None, type=int,
       help='iterations between snapshots and checkpoint.pth (default 5000)')
     a('--eval_every', default=None, type=int,

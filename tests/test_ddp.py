@@ -5,9 +5,11 @@ import sys
 
 import pytest
 
+from data.config import shapes
 from utils.checkpoint import load_file
 from utils.distributed import per_rank_batch, rank_seed
 
+SNAP = f"ssd{shapes['min_dim']}_shapes_2.pth"   # ssd.pytorch's snapshot name
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -25,11 +27,11 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert ckpt['iteration'] == 2
     # no 'module.' prefix: the snapshot loads into a plain SSD
     assert all(not k.startswith('module.') for k in ckpt['model'])
-    assert (out / 'ssd160_shapes_2.pth').is_file()
+    assert (out / SNAP).is_file()
     # rank 0 alone logs: one header and one row per iteration
     lines = (out / 'metrics.csv').read_text().splitlines()
     assert [l.split(',')[0] for l in lines] == ['iteration', '1', '2']
-    assert p.stderr.count('SSD160 on shapes') == 1
+    assert p.stderr.count(f"SSD{shapes['min_dim']} on shapes") == 1
     assert 'on cpu x2; batch 4 (global)' in p.stderr
 
 

@@ -10,8 +10,10 @@ import time
 import torch
 
 import train
+from data.config import shapes
 from utils.checkpoint import load_file
 
+SNAP = f"ssd{shapes['min_dim']}_shapes_2.pth"   # ssd.pytorch's snapshot name
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--dataset', 'shapes', '--batch_size', '4', '--train_images', '6',
         '--quiet', '--log_every', '1', '--eval_every', '0']
@@ -49,8 +51,8 @@ def test_interrupted_run_is_bit_identical(tmp_path):
     assert_same_tensors(ca['model'], cb['model'], 'model')
     assert_same_tensors(ca['optimizer'], cb['optimizer'], 'optimizer')
     # the snapshot at 2 is the same too, and the logs of both runs agree
-    assert_same_tensors(load_file(a / 'ssd160_shapes_2.pth'),
-                        load_file(b / 'ssd160_shapes_2.pth'), 'snapshot')
+    assert_same_tensors(load_file(a / SNAP),
+                        load_file(b / SNAP), 'snapshot')
     la = (a / 'metrics.csv').read_text().splitlines()
     lb = (b / 'metrics.csv').read_text().splitlines()
     # iteration, loss_l, loss_c, loss (the times differ)

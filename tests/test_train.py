@@ -10,11 +10,13 @@ import torch
 
 import train
 import utils.trainer as trainer
-from data.config import coco, voc, voc512
+from data.config import coco, shapes, voc, voc512
 from utils.checkpoint import CheckpointError, load_file
 from utils.training import (IterationBatchSampler, NonFiniteLoss, NonFinitePolicy,
                             get_rng_state, lr_at, schedule_defaults, set_rng_state)
 
+SNAP = f"ssd{shapes['min_dim']}_shapes_2.pth"   # ssd.pytorch's snapshot name
+BEST = f"ssd{shapes['min_dim']}_shapes_best.pth"
 TINY = ['--dataset', 'shapes', '--batch_size', '4', '--train_images', '12',
         '--num_workers', '0', '--quiet', '--log_every', '1']
 
@@ -30,16 +32,17 @@ def rows(path):
 
 def test_few_iterations_on_shapes(tmp_path):
     assert run(tmp_path, '--max_iter', 3, '--save_every', 2, '--eval_every', 0) == 0
-    for name in ('checkpoint.pth', 'ssd160_shapes_2.pth', 'shapes.pth', 'metrics.csv',
+    for name in ('checkpoint.pth', SNAP, 'shapes.pth', 'metrics.csv',
                  'loss.png'):
         assert (tmp_path / name).is_file(), name
     ckpt = load_file(tmp_path / 'checkpoint.pth')
     assert ckpt['iteration'] == 3
     assert set(ckpt) >= {'model', 'optimizer', 'scheduler', 'scaler', 'rng', 'args'}
-    assert ckpt['args']['max_iter'] == 3 and ckpt['scheduler']['lr_steps'] == [3000, 4000]
+    assert ckpt['args']['max_iter'] == 3
+    assert ckpt['scheduler']['lr_steps'] == list(shapes['lr_steps'])
     assert set(ckpt['rng']) == {'python', 'numpy', 'torch', 'cuda'}
     # the weights-only snapshot is a plain state dict, loadable as in ssd.pytorch
-    snap = load_file(tmp_path / 'ssd160_shapes_2.pth')
+    snap = load_file(tmp_path / SNAP)
     assert 'vgg.0.weight' in snap and 'L2Norm.weight' in snap
     r = rows(tmp_path / 'metrics.csv')
     assert [int(x['iteration']) for x in r] == [1, 2, 3]
@@ -52,7 +55,7 @@ def test_weights_only_resume_with_start_iter(tmp_path):
     assert run(tmp_path, '--max_iter', 2, '--save_every', 2, '--eval_every', 0) == 0
     out = tmp_path / 'b'
     assert run(out, '--max_iter', 3, '--eval_every', 0, '--save_every', 5,
-               '--resume', tmp_path / 'ssd160_shapes_2.pth', '--start_iter', 2) == 0
+               '--resume', tmp_path / SNAP, '--start_iter', 2) == 0
     assert load_file(out / 'checkpoint.pth')['iteration'] == 3
     assert [int(x['iteration']) for x in rows(out / 'metrics.csv')] == [3]
 
@@ -63,7 +66,7 @@ def test_evaluation_during_training_keeps_best(tmp_path):
     maps = [x for x in rows(tmp_path / 'metrics.csv') if x['voc07_map']]
     assert [int(x['iteration']) for x in maps] == [1, 2]
     assert all(0.0 <= float(x['voc07_map']) <= 1.0 for x in maps)
-    assert (tmp_path / 'ssd160_shapes_best.pth').is_file()
+    assert (tmp_path / BEST).is_file()
     best = max(float(x['voc07_map']) for x in maps)
     assert load_file(tmp_path / 'checkpoint.pth')['best_map'] == pytest.approx(best, abs=1e-4)
 

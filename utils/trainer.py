@@ -45,8 +45,9 @@ def build_datasets(args):
     kw = dict(channel_order=args.channel_order)
     if name == 'shapes' and args.train_images:
         kw['num_images'] = args.train_images
+    augment = (cfg or {}).get('augment', {})     # the preset may soften it
     train_ds = get_dataset(name, args.dataset_root, None,
-                           transform=SSDAugmentation(size, MEANS), **kw)
+                           transform=SSDAugmentation(size, MEANS, **augment), **kw)
     if cfg is None:
         cfg = config_for(len(train_ds.classes) + 1, size)
     val_ds = None
@@ -76,7 +77,7 @@ def resolve_schedule(args, cfg):
     """Fill the schedule flags left at None with the defaults for ``cfg``."""
     d = schedule_defaults(cfg)
     for k in ('batch_size', 'lr', 'momentum', 'weight_decay', 'gamma', 'warmup',
-              'save_every', 'eval_every', 'max_iter'):
+              'save_every', 'eval_every', 'max_iter', 'optimizer'):
         if getattr(args, k, None) is None:
             setattr(args, k, d[k])
     if args.lr_steps is None:
@@ -149,7 +150,8 @@ def setup(args, info):
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     net.to(info.device, memory_format=fmt)
     r.net, r.fmt = net, fmt
-    r.optimizer = make_optimizer(net, args.lr, args.momentum, args.weight_decay)
+    r.optimizer = make_optimizer(net, args.lr, args.momentum, args.weight_decay,
+                                 args.optimizer)
     r.amp_dtype, r.scaler = make_amp(args, info.device)
     r.schedule = dict(name='multistep', base_lr=args.lr, lr_steps=list(args.lr_steps),
                       gamma=args.gamma, warmup=args.warmup, max_iter=args.max_iter)
@@ -343,6 +345,6 @@ def _describe(r, log):
     a = r.args
     log.write(f"SSD{r.cfg['min_dim']} on {a.dataset} ({len(r.train_ds)} images, "
               f"{r.cfg['num_classes'] - 1} classes) on {r.info.device} x{r.info.world_size}; "
-              f"batch {a.batch_size} (global), lr {a.lr:g}, steps {list(a.lr_steps)}, "
+              f"batch {a.batch_size} (global), {a.optimizer} lr {a.lr:g}, steps {list(a.lr_steps)}, "
               f"warm-up {a.warmup}, iterations {r.start_iter}..{a.max_iter}"
               + ('' if a.no_divide_by_n is False else '; loss NOT divided by N'))

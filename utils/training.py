@@ -29,12 +29,14 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 #: iteration counts and lr steps come from the config dict (``max_iter``,
 #: ``lr_steps``): VOC 120k (80k, 100k), COCO 400k (280k, 360k).
 PAPER = dict(batch_size=32, lr=1e-3, momentum=0.9, weight_decay=5e-4,
-             gamma=0.1, warmup=0, save_every=5000, eval_every=10000)
+             gamma=0.1, warmup=0, save_every=5000, eval_every=10000,
+             optimizer='sgd')
 
 #: Keys of a config dict that override :data:`PAPER` (the shapes preset has
 #: its own short schedule).
 SCHEDULE_KEYS = ('batch_size', 'lr', 'momentum', 'weight_decay', 'gamma',
-                 'warmup', 'save_every', 'eval_every', 'max_iter', 'lr_steps')
+                 'warmup', 'save_every', 'eval_every', 'max_iter', 'lr_steps',
+                 'optimizer')
 
 
 def schedule_defaults(cfg):
@@ -63,8 +65,15 @@ def set_lr(optimizer, lr):
         g['lr'] = lr
 
 
-def make_optimizer(net, lr, momentum, weight_decay):
-    """SGD with momentum and weight decay on all parameters (ssd.pytorch)."""
+def make_optimizer(net, lr, momentum, weight_decay, kind='sgd'):
+    """SGD with momentum and weight decay on all parameters (the paper and
+    ssd.pytorch), or AdamW (``betas=(momentum, 0.999)``) for short
+    from-scratch schedules such as the shapes preset."""
+    if kind == 'adamw':
+        return torch.optim.AdamW(net.parameters(), lr=lr, betas=(momentum, 0.999),
+                                 weight_decay=weight_decay)
+    if kind != 'sgd':
+        raise ValueError(f'--optimizer must be sgd or adamw, got {kind!r}')
     return torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
                            weight_decay=weight_decay)
 
