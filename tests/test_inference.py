@@ -34,12 +34,12 @@ def test_split_detections_literal():
 
 def test_predictor_matches_manual_forward_and_restores_phase(net):
     imgs = [ShapesDetection('val', num_images=2).pull_image(i) for i in range(2)]
-    pred = Predictor(net, 160, conf_thresh=0.05)
+    pred = Predictor(net, shapes_cfg['min_dim'], conf_thresh=0.05)
     res = pred(imgs)
     assert net.phase == 'train' and net.training
     assert len(res) == 2
     x = torch.stack([torch.from_numpy(np.ascontiguousarray(
-        BaseTransform(160, MEANS)(im)[0][:, :, ::-1])).permute(2, 0, 1) for im in imgs])
+        BaseTransform(shapes_cfg['min_dim'], MEANS)(im)[0][:, :, ::-1])).permute(2, 0, 1) for im in imgs])
     with inference_phase(net, conf_thresh=0.05), torch.no_grad():
         ref = net(x)
     for k, r in enumerate(res):
@@ -53,7 +53,7 @@ def test_predictor_matches_manual_forward_and_restores_phase(net):
                                    torch.tensor([w, h, w, h])).numpy(), rtol=1e-5, atol=1e-4)
         assert r['labels'][0] == c
     # BGR weights get the channels unswapped
-    bgr = Predictor(net, 160, conf_thresh=0.05, channel_order='BGR').preprocess(imgs[:1])
+    bgr = Predictor(net, shapes_cfg['min_dim'], conf_thresh=0.05, channel_order='BGR').preprocess(imgs[:1])
     assert torch.equal(bgr.flip(1), pred.preprocess(imgs[:1]))
 
 
@@ -67,7 +67,7 @@ def test_inference_phase_restores_detect_settings(net):
 
 def test_load_model_kinds_and_errors(net, tmp_path):
     sd = net.state_dict()
-    assert infer_spec(sd) == ('shapes', 160, 6)
+    assert infer_spec(sd) == ('shapes', shapes_cfg['min_dim'], 6)
     atomic_save(sd, tmp_path / 'snap.pth')
     atomic_save({'model': {'module.' + k: v for k, v in sd.items()}, 'optimizer': {},
                  'iteration': 5, 'args': {'dataset': 'shapes'}}, tmp_path / 'checkpoint.pth')
@@ -82,7 +82,7 @@ def test_load_model_kinds_and_errors(net, tmp_path):
         load_model(str(tmp_path / 'cut.pth'))
     with pytest.raises(CheckpointError, match='snap.pth: does not fit the ssd SSD300 with 21'):
         load_model(str(tmp_path / 'snap.pth'), dataset='VOC', size=300, num_classes=21)
-    with pytest.raises(CheckpointError, match='snap.pth: does not fit the shapes SSD160 with 21'):
+    with pytest.raises(CheckpointError, match=f"snap.pth: does not fit the shapes SSD{shapes_cfg['min_dim']} with 21"):
         load_model(str(tmp_path / 'snap.pth'), dataset='VOC', num_classes=21)
 
 

@@ -47,7 +47,7 @@ def test_build_from_weights_shapes_checkpoint(tmp_path):
     torch.save({'model': {'module.' + k: v for k, v in src.state_dict().items()},
                 'args': {'dataset': 'shapes', 'size': 300}}, p)
     net, classes, order = build_from_weights(p)
-    assert (net.phase, net.training, net.size, net.num_classes) == ('test', False, 160, 6)
+    assert (net.phase, net.training, net.size, net.num_classes) == ('test', False, shapes['min_dim'], 6)
     assert len(classes) == 5 and order == 'RGB'
     assert torch.equal(net.conf[0].weight, src.conf[0].weight)
     with pytest.raises(CheckpointError, match='checkpoint.pth'):
