@@ -110,6 +110,7 @@ shapes = {
     'batch_size': 16, 'optimizer': 'adamw', 'lr': 2e-3, 'warmup': 50,
     'weight_decay': 1e-4, 'save_every': 400, 'eval_every': 400,
     'augment': {'expand_prob': 0.3, 'max_expand': 2.0},
+    'head_std': 0.01,       # small loc/conf head weights: a uniform first guess
 }
 
 CONFIGS = {'voc': voc, 'coco': coco, 'voc512': voc512, 'coco512': coco512,

@@ -90,7 +90,7 @@ def load_basenet(net, args):
     """Load ``--basenet`` (the ImageNet VGG16 reduced-fc) into ``net.vgg``;
     train from scratch for the shapes preset or ``--basenet none``."""
     if args.dataset == 'shapes' or str(args.basenet).lower() in ('', 'none'):
-        init_weights(net, from_scratch=True)
+        init_weights(net, from_scratch=True, head_std=net.cfg.get('head_std'))
         return None
     init_weights(net, from_scratch=False)
     candidates = [args.basenet, os.path.join('weights', args.basenet),

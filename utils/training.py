@@ -78,16 +78,22 @@ def make_optimizer(net, lr, momentum, weight_decay, kind='sgd'):
                            weight_decay=weight_decay)
 
 
-def init_weights(net, from_scratch=False):
+def init_weights(net, from_scratch=False, head_std=None):
     """Xavier-uniform weights and zero biases for the extras and the heads
     (ssd.pytorch's ``weights_init``), and for the base too when training from
-    scratch. BatchNorm layers keep weight 1, bias 0."""
+    scratch. BatchNorm layers keep weight 1, bias 0. ``head_std`` gives
+    the loc/conf heads small normal weights instead (the shapes preset: its
+    first losses are then those of a uniform guess, not of large random
+    logits on the L2Norm-scaled conv4_3 features)."""
     parts = [net.extras, net.loc, net.conf] + ([net.vgg] if from_scratch else [])
     for part in parts:
         for m in part.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+    if head_std:
+        for m in list(net.loc) + list(net.conf):
+            nn.init.normal_(m.weight, std=head_std)
 
 
 # -------------------------------------------------------------------- data
