@@ -49,7 +49,7 @@ def choose_device(cuda=None, local_rank=0):
     if cuda is None:
         cuda = torch.cuda.is_available()
     elif cuda and not torch.cuda.is_available():
-        raise RuntimeError('--cuda True but no CUDA device is available '
+        raise ValueError('--cuda True but no CUDA device is available '
                            '(run with --cuda False, or leave --cuda out)')
     if cuda:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
