@@ -2,9 +2,16 @@
 settings that keep a GPU fed and that work with DistributedSampler."""
 import os
 
+import cv2
 import numpy as np
 import torch
 import torch.utils.data as data
+
+# OpenCV's thread pool is not fork-safe: a forked DataLoader worker that
+# touches it after the parent used it can deadlock. The loaders' parallelism
+# is the workers, so OpenCV runs single-threaded here, set once in the parent
+# before any worker is forked (the workers inherit it).
+cv2.setNumThreads(1)
 
 __all__ = ['detection_collate', 'make_loader', 'worker_init']
 
@@ -22,11 +29,9 @@ def detection_collate(batch):
 
 
 def worker_init(worker_id):
-    """DataLoader worker set-up: one OpenCV thread per worker (the workers
-    are the parallelism). PyTorch already seeds numpy, random and torch
-    differently in each worker."""
-    import cv2
-    cv2.setNumThreads(1)
+    """DataLoader worker set-up. OpenCV is already single-threaded (set at
+    import, see above; calling into its pool in a forked child can hang), and
+    PyTorch already seeds numpy, random and torch differently in each worker."""
 
 
 def make_loader(dataset, batch_size, shuffle=True, num_workers=None,
