@@ -14,6 +14,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q --no-build-isolation visdom==0.2.4
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	@# `jupyter nbconvert --execute demo/demo.ipynb` needs an output format in nbconvert 7
+	mkdir -p $(VENV)/etc/jupyter
+	echo '{"NbConvertApp": {"export_format": "notebook"}}' > $(VENV)/etc/jupyter/jupyter_nbconvert_config.json
 	touch $(STAMP)
 
 test: $(STAMP)
