@@ -6,17 +6,13 @@ weights, our weights-only snapshots or our full checkpoints) and loads it;
 Used by eval.py, test.py, demo/live.py, the notebook and ``make demo``.
 """
 import contextlib
-import os
 
 import numpy as np
 import torch
 
-from data.config import MEANS, config_for, shapes as SHAPES_CFG
+from data.config import MEANS
 from utils.checkpoint import CheckpointError, extract_state_dict, load_file
 
-# Caffe-converted weights expect BGR input (ssd.pytorch #321); everything
-# trained in PyTorch (ssd.pytorch's own, ours) expects RGB.
-BGR_WEIGHT_NAMES = ('ssd_300_VOC0712', 'ssd_512_VOC0712', 'ssd300_VOC0712_caffe')
 
 
 def unwrap(net):
@@ -123,19 +119,6 @@ def _check_image(im):
     return im[:, :, :3]
 
 
-def infer_spec(state):
-    """Guess (preset, size, num_classes) from a state dict's shapes: the number
-    of heads (5: the shapes preset, 6: SSD300, 7: SSD512) and conf/loc widths.
-    Returns None when it does not look like an SSD of ``data/config.py``."""
-    try:
-        heads = len({k.split('.')[1] for k in state if k.startswith('loc.')})
-        c = state['conf.0.weight'].shape[0] * 4 // state['loc.0.weight'].shape[0]
-    except (KeyError, IndexError, ZeroDivisionError, AttributeError):
-        return None
-    return {5: ('shapes', SHAPES_CFG['min_dim'], c), 6: ('ssd', 300, c),
-            7: ('ssd', 512, c)}.get(heads)
-
-
 def checkpoint_info(obj):
     """Metadata a checkpoint may carry: ``args`` (dict) and ``channel_order``."""
     if not isinstance(obj, dict):
@@ -145,6 +128,8 @@ def checkpoint_info(obj):
     order = obj.get('channel_order') or args.get('channel_order')
     if order in ('RGB', 'BGR'):
         info['channel_order'] = order
+    if obj.get('classes') is not None:
+        info['classes'] = obj['classes']
     return info
 
 
@@ -155,71 +140,37 @@ def read_checkpoint(path):
     return extract_state_dict(obj, path), checkpoint_info(obj)
 
 
-def model_spec(state, meta, dataset=None, size=None, num_classes=None):
-    """Pick (preset, size, num_classes). The preset: 'shapes' when the dataset
-    (``dataset``, else the checkpoint's ``args['dataset']``) is shapes, the
-    paper's SSD when ``size`` is given, else what the state dict's shapes say
-    (5 heads: shapes preset; 6: SSD300; 7: SSD512), else the checkpoint's
-    ``args['size']`` or 300. ``num_classes``: given, else the state dict's."""
-    args = meta.get('args', {})
-    guess = infer_spec(state)
-    ds = dataset or args.get('dataset')
-    if ds == 'shapes':
-        preset, size = 'shapes', SHAPES_CFG['min_dim']
-    elif size:
-        preset, size = 'ssd', int(size)
-    elif guess:
-        preset, size = guess[0], guess[1]
-    else:
-        preset, size = 'ssd', int(args.get('size') or 300)
-    num_classes = num_classes or (guess[2] if guess else 21)
-    return preset, size, int(num_classes)
-
-
-def channel_order(path, meta):
-    """The input channel order the weights expect: utils.weights' table
-    (checkpoint metadata, then known file names such as the Caffe-converted
-    ``ssd_300_VOC0712.pth``), else 'RGB'."""
-    try:
-        from utils.weights import channel_order_for
-    except ImportError:
-        channel_order_for = None
-    if channel_order_for is not None:
-        ck = {'args': {'channel_order': meta['channel_order']}} if meta.get('channel_order') else {}
-        return channel_order_for(path, None, ck)
-    if meta.get('channel_order'):
-        return meta['channel_order']
-    return 'BGR' if os.path.basename(str(path)).startswith(BGR_WEIGHT_NAMES) else 'RGB'
-
-
 def build_model(state, meta, path='<weights>', dataset=None, size=None, num_classes=None,
                 device='cpu', phase='test', **detect_kwargs):
-    """Build the SSD chosen by :func:`model_spec` and load ``state`` into it.
-    Returns ``(net, info)``, ``info = dict(channel_order, preset, size,
-    num_classes, args)``; a non-fitting file is a one-line CheckpointError."""
+    """Build the SSD whose every shape fits ``state`` and load it.
+
+    The model is chosen by :func:`utils.weights.infer_config`: ``dataset`` and
+    ``size`` (the user's flags) first, then the checkpoint's ``args``, then
+    every known model (SSD300, SSD512, the shapes preset). ``num_classes``, when
+    given, must agree with the file. Returns ``(net, info)``, ``info =
+    dict(channel_order, preset, size, num_classes, classes, args)``; a file that
+    fits nothing is a one-line CheckpointError."""
     from ssd import build_ssd
-    preset, size, num_classes = model_spec(state, meta, dataset, size, num_classes)
-    if preset == 'shapes':
-        net = build_ssd(phase, cfg=SHAPES_CFG, num_classes=num_classes, **detect_kwargs)
-    elif size not in (300, 512):
-        raise CheckpointError(f'{path}: size must be 300 or 512, got {size}')
-    else:
-        net = build_ssd(phase, size, num_classes, **detect_kwargs)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        first = ' '.join(x.strip() for x in str(e).strip().splitlines()[:2])[:300]
-        raise CheckpointError(f'{path}: does not fit the {preset} SSD{size} with '
-                              f'{num_classes} classes ({first})') from None
-    info = dict(channel_order=channel_order(path, meta), preset=preset, size=net.size,
-                num_classes=num_classes, args=meta.get('args', {}))
+    from utils.weights import channel_order_for, class_names, infer_config
+    args = meta.get('args', {})
+    cfg = infer_config(state, size, dataset, hint=args, path=path)
+    n = cfg['num_classes']
+    if num_classes is not None and int(num_classes) != n:
+        raise CheckpointError(f'{path}: does not fit the {cfg["name"]} SSD{cfg["min_dim"]} '
+                              f'with {num_classes} classes (the file has {n})')
+    net = build_ssd(phase, cfg['min_dim'], n, cfg=cfg, **detect_kwargs)
+    net.load_state_dict(state)
+    ck = {'args': {'channel_order': meta['channel_order']}} if meta.get('channel_order') else None
+    info = dict(channel_order=channel_order_for(path, None, ck),
+                preset='shapes' if cfg['name'] == 'shapes' else 'ssd', size=net.size,
+                num_classes=n, classes=class_names(cfg, n, meta), args=args)
     return net.to(device), info
 
 
 def load_model(path, dataset=None, size=None, num_classes=None, device='cpu',
                phase='test', **detect_kwargs):
     """Read ``path`` (ssd.pytorch weights, our snapshots or full checkpoints)
-    and build the SSD that fits it; see :func:`model_spec`. Returns
+    and build the SSD that fits it; see :func:`build_model`. Returns
     ``(net, info)``."""
     state, meta = read_checkpoint(path)
     return build_model(state, meta, path, dataset, size, num_classes, device, phase,
