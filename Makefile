@@ -35,8 +35,11 @@ demo: $(STAMP)
 		--input $(DEMO)/val_images/JPEGImages --save_folder $(DEMO)/detections \
 		--visual_threshold 0.5
 
+# Speed benchmarks (ratios against torchvision and ssd.pytorch's algorithms)
 bench: $(STAMP)
-	$(PY) -m utils.benchmark
+	$(PY) -m utils.bench.core
+	$(PY) -m utils.bench.augment
+	$(PY) -m utils.bench.voc_eval
 
 clean:
 	rm -rf runs
