@@ -117,3 +117,11 @@ def test_bad_phase_and_size():
         build_ssd('eval')
     with pytest.raises(ValueError):
         build_ssd('train', 400)
+
+
+def test_atomic_save_leaves_no_temporary_and_normal_permissions(tmp_path):
+    atomic_save({'a': torch.zeros(2)}, tmp_path / 'c.pth')
+    assert [p.name for p in tmp_path.iterdir()] == ['c.pth']
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / 'c.pth').stat().st_mode & 0o777 == 0o666 & ~umask

@@ -78,6 +78,9 @@ def atomic_save(obj, path):
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)        # mkstemp makes 0600; use the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
