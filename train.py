@@ -94,7 +94,7 @@ def build_parser():
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     if args.num_workers is None:
-        args.num_workers = 1 if args.dataset == 'shapes' else 4
+        args.num_workers = 0 if args.dataset == 'shapes' else 4   # shapes: cached, cheap; a worker would contend with the 2 torch threads
     return args
 
 
