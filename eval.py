@@ -1,7 +1,7 @@
 """Evaluate an SSD: the VOC07 AP table, VOC2010+ and COCO AP, PR curves.
 
     python eval.py --trained_model weights/ssd300_mAP_77.43_v2.pth
-    python eval.py --trained_model runs/demo/ssd160_shapes.pth --dataset shapes --metric voc07,voc12,coco
+    python eval.py --trained_model runs/demo/shapes.pth --dataset shapes --metric voc07,voc12,coco
     python eval.py --detections results/ --voc_root ~/data/VOCdevkit --metric voc07,voc12
     python eval.py --detections dets.json --dataset COCO --ann_file instances_val2017.json
 

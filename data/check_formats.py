@@ -8,7 +8,6 @@ import os.path as osp
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from xml.etree.ElementTree import Element
 
 import cv2
 import numpy as np
@@ -137,7 +136,7 @@ def _voc_image_path(d, name):
 
 def _voc_objects(report, xml, root, class_to_ind, classes, wh):
     for k, obj in enumerate(root.findall('object')):
-        one = Element('annotation')
+        one = root.makeelement('annotation', {})   # a one-object annotation
         one.append(obj)
         try:
             boxes, labels, difficult = parse_objects(one, class_to_ind, xml)

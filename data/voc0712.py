@@ -17,7 +17,6 @@ import warnings
 import numpy as np
 import defusedxml.ElementTree as DET
 from defusedxml import DefusedXmlException
-from xml.etree.ElementTree import ParseError
 
 from .config import HOME
 from .base import DetectionDataset, DatasetError, make_gt, read_image, \
@@ -45,7 +44,7 @@ def load_xml(path):
     except DefusedXmlException as e:
         raise DatasetError(f'{path}: XML entity expansion refused '
                            f'({type(e).__name__})') from None
-    except ParseError as e:
+    except DET.ParseError as e:
         raise DatasetError(f'{path}: malformed XML ({e})') from None
     except OSError as e:
         raise DatasetError(f'{path}: unreadable annotation ({e})') from None

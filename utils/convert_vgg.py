@@ -9,7 +9,7 @@ For users whose S3 link to ``vgg16_reducedfc.pth`` is gone::
 
 This module never downloads. The output is the state dict of ``net.vgg``
 (keys ``'0.weight'`` ... ``'33.bias'``, no ``vgg.`` prefix), as ssd.pytorch's
-file, so ``net.vgg.load_state_dict(torch.load(out))`` and ``train.py
+file, so ``net.vgg.load_state_dict(torch.load(out, weights_only=True))`` and ``train.py
 --basenet`` take it.
 
 The conversion is the paper's (Sec. 3, "subsample parameters from fc6 and
