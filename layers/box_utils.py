@@ -2,6 +2,7 @@
 ``(cx, cy, w, h)`` ("centre-size form"), normalised to [0, 1] unless noted.
 Every function broadcasts over leading batch dimensions."""
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import batched_nms, box_iou
 from torchvision.ops import nms as tv_nms
 
@@ -47,19 +48,15 @@ def pad_targets(targets, device=None):
     Padding boxes are the unit box so that their encodings stay finite."""
     device = device if device is not None else (
         targets[0].device if len(targets) else 'cpu')
-    B = len(targets)
-    G = max([int(t.shape[0]) for t in targets] + [1])
-    truths = torch.tensor([0., 0., 1., 1.], device=device).repeat(B, G, 1)
-    labels = torch.zeros(B, G, dtype=torch.long, device=device)
-    valid = torch.zeros(B, G, dtype=torch.bool, device=device)
-    for i, t in enumerate(targets):
-        n = t.shape[0]
-        if n:
-            t = t.to(device=device, dtype=torch.float32)
-            truths[i, :n] = t[:, :4]
-            labels[i, :n] = t[:, 4].long()
-            valid[i, :n] = True
-    return truths, labels, valid
+    rows = [torch.as_tensor(t, dtype=torch.float32).reshape(-1, 5).to(device)
+            for t in targets]
+    lengths = torch.tensor([r.shape[0] for r in rows], device=device)
+    rows.append(torch.zeros(1, 5, device=device))       # G >= 1
+    padded = pad_sequence(rows, batch_first=True)[:-1]   # [B, G, 5]
+    valid = torch.arange(padded.shape[1], device=device) < lengths[:, None]
+    unit = torch.tensor([0., 0., 1., 1., 0.], device=device)
+    padded = torch.where(valid[..., None], padded, unit)
+    return padded[..., :4], padded[..., 4].long(), valid
 
 
 def match(threshold, truths, priors, variances, labels, loc_t=None,
