@@ -37,7 +37,7 @@ def build_parser():
     a('--basenet', default='vgg16_reducedfc.pth',
       help='ImageNet VGG16 reduced-fc weights for net.vgg (in weights/); none: from scratch')
     a('--batch_size', default=None, type=int,
-      help='GLOBAL batch size (split over torchrun processes); default 32')
+      help='GLOBAL batch size (split over torchrun processes); the default follows the dataset schedule: 32, or 16 for shapes')
     a('--resume', default=None, type=str,
       help='checkpoint.pth (continues exactly) or weights-only .pth (with --start_iter)')
     a('--start_iter', default=0, type=int,
