@@ -160,8 +160,8 @@ def build_model(state, meta, path='<weights>', dataset=None, size=None, num_clas
                               f'with {num_classes} classes (the file has {n})')
     net = build_ssd(phase, cfg['min_dim'], n, cfg=cfg, **detect_kwargs)
     net.load_state_dict(state)
-    ck = {'args': {'channel_order': meta['channel_order']}} if meta.get('channel_order') else None
-    info = dict(channel_order=channel_order_for(path, None, ck),
+    # the file is already read: the checkpoint's own order, else the file-name table
+    info = dict(channel_order=channel_order_for(path, meta.get('channel_order'), checkpoint={}),
                 preset='shapes' if cfg['name'] == 'shapes' else 'ssd', size=net.size,
                 num_classes=n, classes=class_names(cfg, n, meta), args=args)
     return net.to(device), info

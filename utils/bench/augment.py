@@ -22,15 +22,14 @@ cores feed.
 """
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import cv2
 import numpy as np
 import torch
 
 from data.augmentations import SSDAugmentation
+from utils.bench import timeit
 from data.config import MEANS
 from data.shapes import generate
 
@@ -208,16 +207,8 @@ def contenders(items, size, decode):
 
 
 def measure(fns, repeats, n_images):
-    names = list(fns)
-    for n in names:
-        fns[n]()
-    times = {n: [] for n in names}
-    for r in range(repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            fns[n]()
-            times[n].append(time.perf_counter() - t0)
-    return {n: n_images / statistics.median(v) for n, v in times.items()}
+    """Images per second of each pipeline (median of ``repeats`` rounds)."""
+    return {n: n_images / med for n, (med, _) in timeit(fns, repeats).items()}
 
 
 def main(argv=None):

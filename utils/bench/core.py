@@ -23,8 +23,6 @@ torchvision model given our weights gives the same raw head outputs.
 """
 import argparse
 import os
-import statistics
-import time
 from unittest import mock
 
 import numpy as np
@@ -37,24 +35,9 @@ from data.config import MEANS, voc
 from layers import Detect, MultiBoxLoss, PriorBox
 from layers.box_utils import point_form
 from utils.bench import reference as ref
+from utils.bench import timeit
 
 NUM_CLASSES = 21
-
-
-def timeit(fns, repeats, warmup=1):
-    """Run each callable ``warmup`` times, then ``repeats`` rounds, rotating
-    the order every round. Returns ``{name: (median, min) seconds}``."""
-    names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    times = {n: [] for n in names}
-    for r in range(repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            fns[n]()
-            times[n].append(time.perf_counter() - t0)
-    return {n: (statistics.median(v), min(v)) for n, v in times.items()}
 
 
 def report(title, med, ours='ours'):
