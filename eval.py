@@ -10,7 +10,7 @@ The flags of ssd.pytorch's eval.py keep their meaning; see doc/evaluation.md.
 import argparse
 
 from data import VOC_ROOT
-from utils.eval_cli import main, str2bool
+from utils.engine.evaluator import main, str2bool
 
 
 def parse_args(argv=None):

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from data import VOC_ROOT
-from utils.eval_cli import device_for, str2bool
+from utils.engine.evaluator import device_for, str2bool
 
 
 def parse_args(argv=None):
@@ -47,7 +47,7 @@ def main(args):
     from data import DatasetError, get_dataset
     from utils.checkpoint import CheckpointError
     from utils.inference import Predictor, build_model, read_checkpoint
-    from utils.test_cli import InputError, class_names_for, run_inputs, write_test1
+    from utils.engine.tester import InputError, class_names_for, run_inputs, write_test1
     try:
         state, meta = read_checkpoint(args.trained_model)
         name = args.dataset or meta.get('args', {}).get('dataset') or 'VOC'

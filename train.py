@@ -101,8 +101,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from utils.checkpoint import CheckpointError
-    from utils.trainer import train
-    from utils.training import NonFiniteLoss
+    from utils.engine.trainer import train
+    from utils.training.step import NonFiniteLoss
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,11 +1,19 @@
-"""Batching: ``detection_collate`` and ``make_loader``, a DataLoader with
-settings that keep a GPU fed and that work with DistributedSampler."""
-import os
+"""Training batches: ``detection_collate`` and ``make_loader``.
+
+The batches of iteration ``it`` and their augmentation randomness are a pure
+function of ``(seed, it, rank)`` (:class:`IterationBatchSampler` and
+:class:`SeededSamples`), so the loader can be restarted at any iteration and a
+resumed run sees exactly the data an uninterrupted one sees, whatever the
+number of DataLoader workers. The loader yields exactly ``max_iter -
+start_iter`` batches: no epoch boundary and no StopIteration inside the
+schedule.
+"""
+import random
 
 import cv2
 import numpy as np
 import torch
-import torch.utils.data as data
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 # OpenCV's thread pool is not fork-safe: a forked DataLoader worker that
 # touches it after the parent used it can deadlock. The loaders' parallelism
@@ -13,7 +21,8 @@ import torch.utils.data as data
 # before any worker is forked (the workers inherit it).
 cv2.setNumThreads(1)
 
-__all__ = ['detection_collate', 'make_loader', 'worker_init']
+__all__ = ['detection_collate', 'make_loader', 'seed_all',
+           'IterationBatchSampler', 'SeededSamples']
 
 
 def detection_collate(batch):
@@ -28,46 +37,82 @@ def detection_collate(batch):
     return imgs, targets
 
 
-def worker_init(worker_id):
-    """DataLoader worker set-up. OpenCV is already single-threaded (set at
-    import, see above; calling into its pool in a forked child can hang), and
-    PyTorch already seeds numpy, random and torch differently in each worker."""
+
+def seed_all(seed):
+    """Seed python's, numpy's and torch's (CPU) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.random.default_generator.manual_seed(seed)
 
 
-def make_loader(dataset, batch_size, shuffle=True, num_workers=None,
-                sampler=None, drop_last=None, pin_memory=None,
-                generator=None, persistent_workers=None, prefetch_factor=None):
-    """A DataLoader for detection training or evaluation.
+class SeededSamples(Dataset):
+    """Wrap a dataset so that item ``(index, seed)`` is ``dataset[index]``
+    computed right after seeding the global RNGs with ``seed``: the
+    augmentation of every sample is fixed by its seed, in the main process or
+    in any worker."""
 
-    Args:
-        dataset: any dataset of this package.
-        batch_size: images per batch (per process under DDP).
-        shuffle: ignored when ``sampler`` is given (set shuffle on the
-            DistributedSampler itself, and call ``sampler.set_epoch``).
-        num_workers: default min(8, CPUs available to this process).
-        sampler: e.g. ``torch.utils.data.distributed.DistributedSampler``.
-        drop_last: default ``shuffle`` (training batches are full).
-        pin_memory: default True when CUDA is available.
-        persistent_workers: default True when num_workers > 0.
-    Returns: torch.utils.data.DataLoader yielding detection_collate batches.
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        seed_all(int(seed))
+        return self.dataset[int(index)]
+
+
+class IterationBatchSampler(Sampler):
+    """Batches for iterations ``start_iter .. max_iter - 1``, cycling epochs.
+
+    Epoch ``e`` is the permutation of :class:`DistributedSampler` (seed
+    ``seed``, epoch ``e``, this rank's shard, ``drop_last``); iteration ``it``
+    takes the ``it % batches_per_epoch``-th chunk of epoch
+    ``it // batches_per_epoch``. Each element is ``(index, sample_seed)``
+    with ``sample_seed`` drawn from ``SeedSequence([seed, it, rank])``.
     """
-    if num_workers is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cpus = os.cpu_count() or 1
-        num_workers = min(8, cpus)
-    kw = {}
-    if num_workers > 0:
-        kw['persistent_workers'] = True if persistent_workers is None \
-            else persistent_workers
-        kw['prefetch_factor'] = prefetch_factor or 4
-        kw['worker_init_fn'] = worker_init
-    return data.DataLoader(
-        dataset, batch_size=batch_size,
-        shuffle=shuffle if sampler is None else False, sampler=sampler,
-        num_workers=num_workers, collate_fn=detection_collate,
-        pin_memory=torch.cuda.is_available() if pin_memory is None
-        else pin_memory,
-        drop_last=shuffle if drop_last is None else drop_last,
-        generator=generator, **kw)
+
+    def __init__(self, num_samples, batch_size, seed=0, start_iter=0,
+                 max_iter=1, rank=0, world_size=1):
+        self.sampler = DistributedSampler(range(num_samples), num_replicas=world_size,
+                                          rank=rank, shuffle=True, seed=seed,
+                                          drop_last=world_size > 1)
+        self.per_epoch = len(self.sampler) // batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f'the training set has {num_samples} images, fewer than '
+                             f'one batch of {batch_size} per process')
+        self.batch_size, self.seed, self.rank = batch_size, seed, rank
+        self.start_iter, self.max_iter = start_iter, max_iter
+        self._epoch, self._perm = None, None
+
+    def __len__(self):
+        return max(0, self.max_iter - self.start_iter)
+
+    def batch(self, it):
+        """The ``[(index, seed), ...]`` of iteration ``it`` on this rank."""
+        epoch, j = divmod(it, self.per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._epoch, self._perm = epoch, list(self.sampler)
+        idx = self._perm[j * self.batch_size:(j + 1) * self.batch_size]
+        seeds = np.random.SeedSequence([self.seed, it, self.rank]).generate_state(len(idx))
+        return [(i, int(s)) for i, s in zip(idx, seeds)]
+
+    def __iter__(self):
+        for it in range(self.start_iter, self.max_iter):
+            yield self.batch(it)
+
+
+def make_loader(dataset, batch_size, seed=0, start_iter=0, max_iter=1,
+                rank=0, world_size=1, num_workers=0, pin_memory=False,
+                collate_fn=detection_collate):
+    """A DataLoader that yields exactly ``max_iter - start_iter`` batches
+    ``(images [B, 3, H, W], targets list of [n_i, 5])`` (no epoch boundary
+    and no StopIteration inside the schedule)."""
+    sampler = IterationBatchSampler(len(dataset), batch_size, seed, start_iter,
+                                    max_iter, rank, world_size)
+    return DataLoader(
+        SeededSamples(dataset), batch_sampler=sampler, num_workers=num_workers,
+        collate_fn=collate_fn, pin_memory=pin_memory,
+        persistent_workers=False)

@@ -8,10 +8,10 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from utils.coco_eval import (STAT_NAMES, coco_from_gt, coco_results, dets_from_results,
+from utils.evaluation.coco import (STAT_NAMES, coco_from_gt, coco_results, dets_from_results,
                              evaluate_coco, gt_from_coco, load_coco_gt, read_results,
                              write_results)
-from utils.detections_io import EvalInputError, GroundTruth
+from utils.evaluation.detections import EvalInputError, GroundTruth
 
 # non-contiguous category ids, small / medium / large objects, one crowd
 GT = {

@@ -1,7 +1,6 @@
-"""detection_collate and make_loader (DistributedSampler included)."""
+"""detection_collate and make_loader (one per rank under DDP, workers)."""
 import numpy as np
 import torch
-from torch.utils.data.distributed import DistributedSampler
 
 from data import (detection_collate, make_loader, ShapesDetection,
                   BaseTransform, MEANS)
@@ -17,25 +16,25 @@ def test_collate_with_empty_targets():
     assert targets[1].tolist() == [[0, 0, 1, 1, 2]]
 
 
-def test_make_loader_with_distributed_sampler():
+def test_make_loader_ranks_split_each_epoch():
     ds = ShapesDetection('val', num_images=6, transform=BaseTransform(32, MEANS))
     seen = []
     for rank in (0, 1):
-        sampler = DistributedSampler(ds, num_replicas=2, rank=rank,
-                                     shuffle=True, seed=0)
-        sampler.set_epoch(0)
-        loader = make_loader(ds, 2, sampler=sampler, num_workers=0)
-        assert loader.pin_memory == torch.cuda.is_available()
+        loader = make_loader(ds, 1, seed=0, start_iter=0, max_iter=3, rank=rank,
+                             world_size=2)
+        assert len(loader) == 3 and loader.pin_memory is False
         for imgs, targets in loader:
-            assert imgs.shape == (2, 3, 32, 32) and len(targets) == 2
-        seen += list(iter(sampler))
+            assert imgs.shape == (1, 3, 32, 32) and len(targets) == 1
+        seen += [i for it in range(3) for i, _ in loader.batch_sampler.batch(it)]
     assert sorted(seen) == list(range(6))
 
 
-def test_make_loader_workers_settings():
+def test_make_loader_workers_equal_main_process():
     ds = ShapesDetection('val', num_images=4, transform=BaseTransform(32, MEANS))
-    loader = make_loader(ds, 2, num_workers=1, shuffle=False)
-    assert loader.persistent_workers and loader.drop_last is False
-    imgs, targets = next(iter(loader))
-    assert imgs.shape == (2, 3, 32, 32)
-    torch.testing.assert_close(imgs[0], ds[0][0])
+    a = list(make_loader(ds, 2, seed=3, max_iter=3, num_workers=0))
+    b = list(make_loader(ds, 2, seed=3, max_iter=3, num_workers=1))
+    assert len(a) == len(b) == 3
+    for (xa, ta), (xb, tb) in zip(a, b):
+        torch.testing.assert_close(xa, xb)
+        for u, v in zip(ta, tb):
+            torch.testing.assert_close(u, v)

@@ -7,7 +7,7 @@ import pytest
 
 from data.config import shapes
 from utils.checkpoint import load_file
-from utils.distributed import per_rank_batch, rank_seed
+from utils.training.distributed import per_rank_batch, rank_seed
 
 SNAP = f"ssd{shapes['min_dim']}_shapes_2.pth"   # ssd.pytorch's snapshot name
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,7 @@ from data.config import shapes as shapes_cfg
 from ssd import build_ssd
 from utils.bench.voc_eval import port_voc_eval
 from utils.checkpoint import atomic_save
-from utils.coco_eval import STAT_NAMES
+from utils.evaluation.coco import STAT_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

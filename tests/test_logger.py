@@ -3,7 +3,7 @@ resume, evaluation rows, the loss plot; VisdomPlotter never raises."""
 import math
 import warnings
 
-from utils.logger import (TrainLogger, VisdomPlotter, _truncate_csv, plot_loss_curves,
+from utils.training.logger import (TrainLogger, VisdomPlotter, _truncate_csv, plot_loss_curves,
                           read_metrics)
 
 

@@ -15,7 +15,7 @@ from data import SHAPES_CLASSES, ShapesDetection
 from data.config import shapes as shapes_cfg
 from ssd import build_ssd
 from utils.checkpoint import atomic_save
-from utils.test_cli import write_test1
+from utils.engine.tester import write_test1
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location('test_script', os.path.join(ROOT, 'test.py'))

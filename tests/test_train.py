@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import train
-import utils.trainer as trainer
+import utils.engine.trainer as trainer
 from data.config import coco, shapes, voc, voc512
 from utils.checkpoint import CheckpointError, load_file
-from utils.training import (IterationBatchSampler, NonFiniteLoss, NonFinitePolicy,
-                            get_rng_state, lr_at, schedule_defaults, set_rng_state)
+from data.loader import IterationBatchSampler
+from utils.training.schedule import lr_at, schedule_defaults
+from utils.training.state import get_rng_state, set_rng_state
+from utils.training.step import NonFiniteLoss, NonFinitePolicy
 
 SNAP = f"ssd{shapes['min_dim']}_shapes_2.pth"   # ssd.pytorch's snapshot name
 BEST = f"ssd{shapes['min_dim']}_shapes_best.pth"

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from utils.bench.voc_eval import gt_records, port_voc_ap, port_voc_eval, synthetic_voc
-from utils.detections_io import (Detections, EvalInputError, GroundTruth, load_voc_gt,
+from utils.evaluation.detections import (Detections, EvalInputError, GroundTruth, load_voc_gt,
                                  read_devkit, write_devkit)
-from utils.voc_eval import evaluate_voc, voc_ap
+from utils.evaluation.voc import evaluate_voc, voc_ap
 
 CLASSES = ('cat', 'dog')
 

@@ -36,7 +36,7 @@ def run(out, eval_every, threads, extra):
 
 
 def curve(out):
-    from utils.logger import read_metrics
+    from utils.training.logger import read_metrics
     m = read_metrics(os.path.join(out, 'metrics.csv'))
     return [dict(iteration=int(i), train_time_s=t, voc07_map=v)
             for i, t, v in zip(m['eval_iteration'], m['eval_time_s'], m['voc07_map'])]
@@ -102,7 +102,7 @@ def ablation(args, extra):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from utils.logger import plot_loss_curves
+    from utils.training.logger import plot_loss_curves
     runs = [('divide_by_n', 'loss / N (the paper)', []),
             ('no_divide', 'loss not divided by N (--no_divide_by_n)', ['--no_divide_by_n'])]
     procs = []

@@ -9,8 +9,8 @@ truth:
 * ``port``: a straightforward Python 3 port of py-faster-rcnn's
   ``lib/datasets/voc_eval.py`` (:func:`port_voc_eval` below, one detection at
   a time, as the devkit's Python code does);
-* ``ours``: :func:`utils.detections_io.read_devkit` +
-  :func:`utils.voc_eval.evaluate_voc` (vectorised).
+* ``ours``: :func:`utils.evaluation.detections.read_devkit` +
+  :func:`utils.evaluation.voc.evaluate_voc` (vectorised).
 
 It checks that every class AP agrees to 1e-6 for both metrics (VOC07
 11-point and VOC2010+ area) and prints the time ratio. The tests import
@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-from utils.detections_io import Detections, GroundTruth, read_devkit, write_devkit
-from utils.voc_eval import evaluate_voc
+from utils.evaluation.detections import Detections, GroundTruth, read_devkit, write_devkit
+from utils.evaluation.voc import evaluate_voc
 
 CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
            'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person',

@@ -83,16 +83,6 @@ def barrier():
         dist.barrier()
 
 
-def any_flag(flag, device):
-    """True on every rank when ``flag`` is True on at least one rank (used so
-    that all processes stop together after a signal or a NaN)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
 def rank_seed(seed, rank):
     """Seed of the global RNGs in process ``rank`` (distinct per rank)."""
     return int(seed) + 1000003 * int(rank)

@@ -16,14 +16,16 @@ from data.config import MEANS, config_for
 from data.config import shapes as SHAPES_CFG
 from layers import MultiBoxLoss
 from ssd import build_ssd
-from utils import distributed as D
+from utils.training import distributed as D
 from utils.checkpoint import CheckpointError, atomic_save, load_file, load_into
-from utils.logger import TrainLogger, VisdomPlotter, plot_loss_curves
-from utils.training import (AMP_DTYPES, NonFinitePolicy, StopSignal, _seed_all,
-                            forward_backward, full_state, init_weights,
-                            is_full_checkpoint, lr_at, make_loader, make_optimizer,
-                            optimizer_step, restore_full_state, schedule_defaults,
-                            set_lr)
+from utils.training.logger import TrainLogger, VisdomPlotter, plot_loss_curves
+from data.loader import make_loader, seed_all
+from utils.training.schedule import (init_weights, lr_at, make_optimizer,
+                                     schedule_defaults, set_lr)
+from utils.training.state import (full_state, get_rng_state, is_full_checkpoint,
+                                  restore_full_state, set_rng_state)
+from utils.training.step import (AMP_DTYPES, NonFinitePolicy, StopSignal,
+                                 forward_backward, optimizer_step)
 
 VGG_HELP = ('download https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.pth '
             'into weights/ (see weights/README.md), or convert torchvision\'s ImageNet '
@@ -137,7 +139,7 @@ class Run:
 def setup(args, info):
     """Everything before the loop; returns a :class:`Run`."""
     r = Run(args, info)
-    _seed_all(D.rank_seed(args.seed, info.rank))
+    seed_all(D.rank_seed(args.seed, info.rank))
     r.train_ds, r.val_ds, r.cfg = build_datasets(args)
     resolve_schedule(args, r.cfg)
     r.batch = D.per_rank_batch(args.batch_size, info.world_size)
@@ -188,7 +190,7 @@ def _resume(r, ckpt):
             raise CheckpointError(f'{args.resume}: does not fit this model or optimiser '
                                   f'({str(e).splitlines()[0][:200]})') from None
         if not r.info.is_main:   # other ranks: their own seed, moved by the iteration
-            _seed_all(D.rank_seed(args.seed, r.info.rank) + it)
+            seed_all(D.rank_seed(args.seed, r.info.rank) + it)
         r.start_iter = it
     else:                         # ssd.pytorch: weights only, with --start_iter
         load_into(r.net, args.resume)
@@ -214,8 +216,7 @@ def evaluate(r, it, log):
         return None
     value = None
     if r.info.is_main:
-        from utils.evaluation import evaluate_model
-        from utils.training import get_rng_state, set_rng_state
+        from utils.evaluation.evaluate import evaluate_model
         state = get_rng_state()
         res = evaluate_model(r.net, r.val_ds, device=r.info.device,
                              batch_size=r.args.eval_batch_size,
@@ -252,7 +253,7 @@ def _loop(r):
     log = TrainLogger(args.save_folder, r.start_iter, args.max_iter, args.log_every,
                       vis, enabled=info.is_main, progress=not args.quiet)
     _describe(r, log)
-    loader = make_loader(r.train_ds, r.batch, _collate(), args.seed, r.start_iter,
+    loader = make_loader(r.train_ds, r.batch, args.seed, r.start_iter,
                          args.max_iter, info.rank, info.world_size, args.num_workers,
                          pin_memory=info.device.type == 'cuda')
     it = r.start_iter
@@ -334,11 +335,6 @@ def _periodic(r, it, log):
         if args.eval_every and it % args.eval_every == 0:
             evaluate(r, it, log)
         log.resume()
-
-
-def _collate():
-    from data import detection_collate
-    return detection_collate
 
 
 def _describe(r, log):

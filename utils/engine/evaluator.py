@@ -7,10 +7,10 @@ import sys
 import torch
 
 from utils.checkpoint import CheckpointError
-from utils.coco_eval import (dets_from_results, gt_from_coco, load_coco_gt,
+from utils.evaluation.coco import (dets_from_results, gt_from_coco, load_coco_gt,
                              read_results)
-from utils.detections_io import EvalInputError, load_voc_gt, read_devkit
-from utils.evaluation import (coco_target, detect_dataset, evaluate_detections,
+from utils.evaluation.detections import EvalInputError, load_voc_gt, read_devkit
+from utils.evaluation.evaluate import (coco_target, detect_dataset, evaluate_detections,
                               ground_truth, parse_metrics, print_tables,
                               save_outputs, to_json)
 

@@ -19,11 +19,11 @@ import torch
 import torch.utils.data as tud
 
 from data.config import MEANS
-from utils.coco_eval import coco_from_gt, coco_results, evaluate_coco, write_results
-from utils.detections_io import (Detections, GroundTruth, parse_voc_xml,
+from utils.evaluation.coco import coco_from_gt, coco_results, evaluate_coco, write_results
+from utils.evaluation.detections import (Detections, GroundTruth, parse_voc_xml,
                                  write_devkit)
 from utils.inference import split_detections, inference_phase
-from utils.voc_eval import evaluate_voc
+from utils.evaluation.voc import evaluate_voc
 
 METRICS = ('voc07', 'voc12', 'coco')
 
@@ -211,7 +211,7 @@ def print_tables(results):
 def save_outputs(results, dets, class_names, folder, set_type='test', pr_curves=True):
     """Devkit files, COCO results JSON (when computed) and PR curves into
     ``folder``. Returns the list of written paths."""
-    from utils.pr_curves import save_pr_curves
+    from utils.evaluation.pr_curves import save_pr_curves
     paths = write_devkit(dets, class_names, folder, set_type)
     if 'coco' in results:
         paths.append(write_results(results['coco']['results'],

@@ -163,8 +163,8 @@ def evaluate_voc(dets, gt, use_07_metric=True, ovthresh=0.5):
     """VOC AP for every class.
 
     Args:
-        dets: :class:`utils.detections_io.Detections` (devkit coordinates).
-        gt: :class:`utils.detections_io.GroundTruth` (devkit coordinates).
+        dets: :class:`utils.evaluation.detections.Detections` (devkit coordinates).
+        gt: :class:`utils.evaluation.detections.GroundTruth` (devkit coordinates).
     Returns:
         dict(ap={class: float}, map=float, rec={class: [D]}, prec={class: [D]},
         npos={class: int}).

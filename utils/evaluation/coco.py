@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from utils.detections_io import EvalInputError
+from utils.evaluation.detections import EvalInputError
 
 STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
               'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
@@ -152,7 +152,7 @@ def gt_from_coco(coco):
     as difficult) of every image of a pycocotools ``COCO``, images by
     ascending id, classes by ascending category id. Returns ``(gt, img_ids,
     cat_ids)``."""
-    from utils.detections_io import GroundTruth
+    from utils.evaluation.detections import GroundTruth
     img_ids, cat_ids = sorted(coco.getImgIds()), sorted(coco.getCatIds())
     label = {c: k for k, c in enumerate(cat_ids)}
     records = []
@@ -171,7 +171,7 @@ def gt_from_coco(coco):
 def dets_from_results(results, img_ids, cat_ids, path='results'):
     """:class:`Detections` (devkit coordinates) from a COCO results list, in
     the list's order; ``img_ids`` / ``cat_ids`` as :func:`gt_from_coco`."""
-    from utils.detections_io import Detections
+    from utils.evaluation.detections import Detections
     img_index = {int(i): k for k, i in enumerate(img_ids)}
     cat_index = {int(c): k for k, c in enumerate(cat_ids)}
     try:
