@@ -133,3 +133,70 @@ def config_for(num_classes=21, size=300):
     else:
         cfg = voc if size == 300 else voc512
     return dict(cfg, num_classes=num_classes)
+
+
+# ------------------------------------------------------------ dataset names
+
+#: The dataset names the scripts accept, spelled as ssd.pytorch spells them.
+DATASETS = ('VOC', 'COCO', 'shapes', 'custom')
+
+
+def dataset_name(name):
+    """The one spelling of a dataset name: 'voc' -> 'VOC', 'Shapes' ->
+    'shapes'. Raises ValueError for a name that is not in :data:`DATASETS`."""
+    canon = {d.lower(): d for d in DATASETS}.get(str(name).lower())
+    if canon is None:
+        raise ValueError(f'unknown dataset {name!r}: choose {", ".join(DATASETS)}')
+    return canon
+
+
+#: The held-out split that evaluation uses when none is named (``eval.py``,
+#: ``test.py`` and evaluation during training): the first one present.
+EVAL_SPLITS = {'VOC': ('test',), 'COCO': ('val2017', 'val2014'),
+               'shapes': ('val',), 'custom': ('val', 'test')}
+
+
+def eval_splits(name):
+    """The default evaluation splits of a dataset, the preferred one first."""
+    return EVAL_SPLITS[dataset_name(name)]
+
+
+# ---------------------------------------------------------------- schedule
+
+#: The paper's / Caffe's optimiser settings (SSD300 and SSD512, VOC and COCO):
+#: SGD, batch 32, lr 1e-3, momentum 0.9, weight decay 5e-4, gamma 0.1;
+#: snapshots every 5k and a validation VOC07 mAP every 10k iterations. The
+#: iteration counts and lr steps come from each config dict (``max_iter``,
+#: ``lr_steps``): VOC 120k (80k, 100k), COCO 400k (280k, 360k).
+PAPER = dict(batch_size=32, lr=1e-3, momentum=0.9, weight_decay=5e-4,
+             gamma=0.1, warmup=0, save_every=5000, eval_every=10000,
+             optimizer='sgd')
+
+#: Keys of a config dict that override :data:`PAPER` (the shapes preset has
+#: its own short schedule).
+SCHEDULE_KEYS = ('batch_size', 'lr', 'momentum', 'weight_decay', 'gamma',
+                 'warmup', 'save_every', 'eval_every', 'max_iter', 'lr_steps',
+                 'optimizer')
+
+
+def schedule_defaults(cfg):
+    """The default schedule for a config dict: :data:`PAPER`, the config's
+    ``max_iter`` and ``lr_steps``, and any of :data:`SCHEDULE_KEYS` the config
+    sets (the shapes preset sets them all). ``lr_steps`` at or past
+    ``max_iter`` are dropped."""
+    out = dict(PAPER)
+    out.update({k: cfg[k] for k in SCHEDULE_KEYS if k in cfg})
+    out['lr_steps'] = tuple(s for s in out['lr_steps'] if s < out['max_iter'])
+    return out
+
+
+def schedule_config(name, size=300):
+    """The config dict whose schedule a dataset trains with: VOC's for VOC
+    and custom data, COCO's for COCO, the preset's for shapes (the schedule
+    of SSD512 is that of SSD300)."""
+    name = dataset_name(name)
+    if name == 'shapes':
+        return shapes
+    if name == 'COCO':
+        return coco if size == 300 else coco512
+    return voc if size == 300 else voc512

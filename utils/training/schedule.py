@@ -1,33 +1,13 @@
-"""The optimisation schedule: the paper's defaults, the learning rate of each
-iteration, the optimiser and the initial weights."""
+"""The optimisation schedule: the learning rate of each iteration, the
+optimiser and the initial weights."""
 import torch
 import torch.nn as nn
 
 # ---------------------------------------------------------------- schedule
-
-#: The paper's / Caffe's optimiser settings (SSD300 and SSD512, VOC and COCO):
-#: SGD, batch 32, lr 1e-3, momentum 0.9, weight decay 5e-4, gamma 0.1. The
-#: iteration counts and lr steps come from the config dict (``max_iter``,
-#: ``lr_steps``): VOC 120k (80k, 100k), COCO 400k (280k, 360k).
-PAPER = dict(batch_size=32, lr=1e-3, momentum=0.9, weight_decay=5e-4,
-             gamma=0.1, warmup=0, save_every=5000, eval_every=10000,
-             optimizer='sgd')
-
-#: Keys of a config dict that override :data:`PAPER` (the shapes preset has
-#: its own short schedule).
-SCHEDULE_KEYS = ('batch_size', 'lr', 'momentum', 'weight_decay', 'gamma',
-                 'warmup', 'save_every', 'eval_every', 'max_iter', 'lr_steps',
-                 'optimizer')
-
-
-def schedule_defaults(cfg):
-    """The default schedule for a config dict: :data:`PAPER`, the config's
-    ``max_iter`` and ``lr_steps``, and any of :data:`SCHEDULE_KEYS` the config
-    sets (the shapes preset sets them all)."""
-    out = dict(PAPER)
-    out.update({k: cfg[k] for k in SCHEDULE_KEYS if k in cfg})
-    out['lr_steps'] = tuple(s for s in out['lr_steps'] if s < out['max_iter'])
-    return out
+# The default schedules (the paper's numbers, the shapes preset's) live in
+# data/config.py next to each config's lr_steps: ``data.config.PAPER`` and
+# ``data.config.schedule_defaults``. This module turns a resolved schedule
+# into learning rates.
 
 
 def lr_at(it, base_lr, lr_steps, gamma=0.1, warmup=0):
