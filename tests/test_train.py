@@ -13,7 +13,8 @@ import utils.engine.trainer as trainer
 from data.config import coco, shapes, voc, voc512
 from utils.checkpoint import CheckpointError, load_file
 from data.loader import IterationBatchSampler
-from utils.training.schedule import lr_at, schedule_defaults
+from data.config import schedule_defaults
+from utils.training.schedule import lr_at
 from utils.training.state import get_rng_state, set_rng_state
 from utils.training.step import NonFiniteLoss, NonFinitePolicy
 

@@ -20,8 +20,7 @@ from utils.training import distributed as D
 from utils.checkpoint import CheckpointError, atomic_save, load_file, load_into
 from utils.training.logger import TrainLogger, VisdomPlotter, plot_loss_curves
 from data.loader import make_loader, seed_all
-from utils.training.schedule import (init_weights, lr_at, make_optimizer,
-                                     schedule_defaults, set_lr)
+from utils.training.schedule import init_weights, lr_at, make_optimizer, set_lr
 from utils.training.state import (full_state, get_rng_state, is_full_checkpoint,
                                   restore_full_state, set_rng_state)
 from utils.training.step import (AMP_DTYPES, NonFinitePolicy, StopSignal,
@@ -34,64 +33,43 @@ VGG_HELP = ('download https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.
 
 # ------------------------------------------------------------------ set-up
 
-def build_datasets(args):
-    """Training set (with SSDAugmentation) and validation set (or None),
-    and the config dict of the model."""
+def build_datasets(c):
+    """Training set (with SSDAugmentation), validation set (the first of
+    ``c.val_splits`` on disk, or None) and the model's config dict, for the
+    :class:`~utils.engine.run_config.RunConfig` ``c``."""
     from data import BaseTransform, SSDAugmentation, get_dataset
-    name = args.dataset
-    if name == 'shapes':
-        cfg = dict(SHAPES_CFG)
-    else:
-        cfg = None
-    size = cfg['min_dim'] if cfg else args.size
-    kw = dict(channel_order=args.channel_order)
-    if name == 'shapes' and args.train_images:
-        kw['num_images'] = args.train_images
-    augment = (cfg or {}).get('augment', {})     # the preset may soften it
-    train_ds = get_dataset(name, args.dataset_root, None,
-                           transform=SSDAugmentation(size, MEANS, **augment), **kw)
-    if cfg is None:
-        cfg = config_for(len(train_ds.classes) + 1, size)
-    val_ds = None
-    if args.eval_every:
-        vkw = dict(channel_order=args.channel_order)
-        if name == 'shapes' and args.val_images:
-            vkw['num_images'] = args.val_images
-        for split in _val_splits(name):
-            try:
-                val_ds = get_dataset(name, args.dataset_root, split,
-                                     transform=BaseTransform(size, MEANS), **vkw)
-                break
-            except Exception as e:   # no validation split on disk
-                err = e
-        if val_ds is None:
-            warnings.warn(f'no validation split found ({err}); evaluation during '
-                          'training is off', RuntimeWarning)
+    shapes = c.dataset == 'shapes'
+    augment = SHAPES_CFG.get('augment', {}) if shapes else {}    # the preset softens it
+    train_ds = get_dataset(c.dataset, c.dataset_root, None,
+                           transform=SSDAugmentation(c.size, MEANS, **augment),
+                           **_dataset_kw(c, c.train_images))
+    cfg = dict(SHAPES_CFG) if shapes else config_for(len(train_ds.classes) + 1, c.size)
+    val_ds, err = None, None
+    for split in c.val_splits:
+        try:
+            val_ds = get_dataset(c.dataset, c.dataset_root, split,
+                                 transform=BaseTransform(c.size, MEANS),
+                                 **_dataset_kw(c, c.val_images))
+            break
+        except (ValueError, OSError) as e:   # this split is not on disk
+            err = e
+    if c.val_splits and val_ds is None:
+        warnings.warn(f'no validation split found ({err}); evaluation during '
+                      'training is off', RuntimeWarning)
     return train_ds, val_ds, cfg
 
 
-def _val_splits(name):
-    return {'VOC': ['test'], 'COCO': ['val2017', 'val2014'], 'shapes': ['val'],
-            'custom': ['val', 'test']}.get(name, ['val'])
-
-
-def resolve_schedule(args, cfg):
-    """Fill the schedule flags left at None with the defaults for ``cfg``."""
-    d = schedule_defaults(cfg)
-    for k in ('batch_size', 'lr', 'momentum', 'weight_decay', 'gamma', 'warmup',
-              'save_every', 'eval_every', 'max_iter', 'optimizer'):
-        if getattr(args, k, None) is None:
-            setattr(args, k, d[k])
-    if args.lr_steps is None:
-        args.lr_steps = tuple(d['lr_steps'])
-    args.lr_steps = tuple(int(s) for s in args.lr_steps)
-    return args
+def _dataset_kw(c, num_images):
+    kw = dict(channel_order=c.channel_order)
+    if c.dataset == 'shapes':
+        kw['num_images'] = num_images
+    return kw
 
 
 def load_basenet(net, args):
     """Load ``--basenet`` (the ImageNet VGG16 reduced-fc) into ``net.vgg``;
-    train from scratch for the shapes preset or ``--basenet none``."""
-    if args.dataset == 'shapes' or str(args.basenet).lower() in ('', 'none'):
+    train from scratch with ``--basenet none`` (the shapes preset's default)."""
+    if str(args.basenet).lower() in ('', 'none'):
         init_weights(net, from_scratch=True, head_std=net.cfg.get('head_std'))
         return None
     init_weights(net, from_scratch=False)
@@ -141,7 +119,6 @@ def setup(args, info):
     r = Run(args, info)
     seed_all(D.rank_seed(args.seed, info.rank))
     r.train_ds, r.val_ds, r.cfg = build_datasets(args)
-    resolve_schedule(args, r.cfg)
     r.batch = D.per_rank_batch(args.batch_size, info.world_size)
     net = build_ssd('train', r.cfg['min_dim'], r.cfg['num_classes'], cfg=r.cfg)
     ckpt = load_file(args.resume) if args.resume else None
@@ -231,10 +208,22 @@ def evaluate(r, it, log):
     return value
 
 
+def run(config):
+    """``train.py``'s body: :func:`train` with ``config.threads`` torch
+    threads; returns the exit code (0 finished, 130 interrupted)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return 130 if train(config).status == 'interrupted' else 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train(args):
-    """Run training as the flags say; return the :class:`Run` (status
-    'finished' or 'interrupted'). Raises NonFiniteLoss / CheckpointError /
-    ValueError with one-line messages."""
+    """Run training as the complete :class:`~utils.engine.run_config.RunConfig`
+    ``args`` says (build it with ``resolve_run_config``); return the
+    :class:`Run` (status 'finished' or 'interrupted'). Raises NonFiniteLoss /
+    CheckpointError / ValueError with one-line messages."""
     info = D.init_distributed(args.cuda)
     try:
         if info.is_main:

@@ -1,0 +1,145 @@
+"""``train.py``'s settings, resolved once: the flags (:func:`build_parser`),
+then every default filled in (:func:`resolve_run_config`), giving one
+complete :class:`RunConfig` that the loop (:mod:`utils.engine.trainer`) reads
+and never completes itself.
+
+To add a flag: add it to :func:`build_parser`; when its default depends on
+the dataset or on another flag, give it ``default=None`` and fill it in
+:func:`resolve_run_config` (the one place where defaults are decided).
+The schedule defaults come from ``data.config`` (``PAPER``,
+``schedule_defaults``, ``schedule_config``).
+"""
+import argparse
+
+import torch
+
+from data.config import (eval_splits, schedule_config, schedule_defaults,
+                         shapes as SHAPES_CFG)
+from utils.engine.cli import add_cuda_flag, add_dataset_flag, str2bool
+
+#: Flags whose defaults come from the dataset's schedule.
+SCHEDULE_FLAGS = ('batch_size', 'lr', 'momentum', 'weight_decay', 'gamma', 'warmup',
+                  'save_every', 'eval_every', 'max_iter', 'optimizer')
+
+
+class RunConfig(argparse.Namespace):
+    """Every setting of one training run, complete: the flags of
+    :func:`build_parser` with no default left at None (except the shapes-only
+    ``train_images`` / ``val_images`` on other datasets), plus ``val_splits``:
+    the validation splits tried in order (empty when ``eval_every`` is 0).
+    Build it with :func:`resolve_run_config` or :func:`parse_run_config`."""
+
+
+def int_list(v):
+    return tuple(int(x) for x in v.replace(' ', '').split(',') if x)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description='Single Shot MultiBox Detector training with PyTorch',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    # ssd.pytorch's flags
+    add_dataset_flag(p, 'VOC', 'VOC, COCO, the synthetic shapes (offline demo), or a custom '
+                     'folder (any case)')
+    a('--dataset_root', default=None,
+      help='dataset root (default: data.VOC_ROOT / data.COCO_ROOT)')
+    a('--basenet', default=None,
+      help='ImageNet VGG16 reduced-fc weights for net.vgg (in weights/); none: from scratch '
+           '(default: vgg16_reducedfc.pth; none for the shapes preset)')
+    a('--batch_size', default=None, type=int,
+      help='GLOBAL batch size (split over torchrun processes); the default follows the dataset schedule: 32, or 16 for shapes')
+    a('--resume', default=None, type=str,
+      help='checkpoint.pth (continues exactly) or weights-only .pth (with --start_iter)')
+    a('--start_iter', default=0, type=int,
+      help='first iteration when --resume is a weights-only file')
+    a('--num_workers', default=None, type=int,
+      help='DataLoader workers per process (default: 4; 0 for shapes, generated in memory)')
+    add_cuda_flag(p)
+    a('--lr', '--learning-rate', default=None, type=float, help='initial learning rate')
+    a('--momentum', default=None, type=float, help='SGD momentum')
+    a('--weight_decay', default=None, type=float, help='weight decay')
+    a('--gamma', default=None, type=float, help='lr factor at each step')
+    a('--visdom', default=False, type=str2bool, help='plot losses on a visdom server')
+    a('--save_folder', default='weights/', help='where weights, logs and checkpoint.pth go')
+    # new flags
+    a('--size', default=300, type=int, choices=[300, 512],
+      help='SSD300 or SSD512 (the shapes preset has its own size)')
+    a('--max_iter', default=None, type=int, help='iterations (default: the config\'s)')
+    a('--lr_steps', default=None, type=int_list,
+      help='comma-separated iterations where lr *= gamma')
+    a('--warmup', default=None, type=int, help='linear lr warm-up iterations')
+    a('--optimizer', default=None, choices=['sgd', 'adamw'],
+      help='sgd (the paper; default) or adamw (the shapes preset\'s short schedule)')
+    a('--save_every', default=None, type=int,
+      help='iterations between snapshots and checkpoint.pth (default 5000)')
+    a('--eval_every', default=None, type=int,
+      help='iterations between validation VOC07 mAP runs, also run at the end; keeps '
+           '<name>_best.pth (default: the schedule\'s, 10000, or 400 for shapes; 0: never)')
+    a('--eval_batch_size', default=16, type=int)
+    a('--amp', default='off', nargs='?', const='bf16', choices=['off', 'bf16', 'fp16'],
+      help='mixed precision on CUDA (--amp alone means bf16)')
+    a('--seed', default=0, type=int, help='seed of weights, data order and augmentation')
+    a('--channels_last', action='store_true', help='NHWC memory format')
+    a('--compile', action='store_true', help='torch.compile the network')
+    a('--sync_bn', action='store_true', help='SyncBatchNorm under DDP (BN models)')
+    a('--no_divide_by_n', action='store_true',
+      help='ablation: do not divide loss_l and loss_c by N (doc/loss_normalization.md)')
+    a('--nan_policy', default='stop', choices=['stop', 'skip'],
+      help='on a NaN/Inf loss: stop with a message, or skip the update and count')
+    a('--nan_max_skips', default=20, type=int,
+      help='with --nan_policy skip: stop after this many non-finite steps in a row')
+    a('--log_every', default=10, type=int, help='iterations per metrics.csv row')
+    a('--quiet', action='store_true', help='no progress bar')
+    a('--threads', default=None, type=int,
+      help='torch CPU threads (default: torch\'s choice, the number of cores)')
+    a('--channel_order', default='RGB', choices=['RGB', 'BGR'],
+      help='BGR for Caffe-converted basenets')
+    a('--train_images', default=None, type=int, help='shapes: training images')
+    a('--val_images', default=None, type=int, help='shapes: validation images')
+    a('--visdom_server', default='http://localhost')
+    a('--visdom_port', default=8097, type=int)
+    a('--visdom_env', default='SSD')
+    return p
+
+
+def resolve_run_config(args):
+    """Fill every default of the parsed flags ``args`` (argparse.Namespace)
+    and return a new :class:`RunConfig`. Raises ValueError (one line) for
+    flags that cannot work together."""
+    c = RunConfig(**vars(args))
+    shapes = c.dataset == 'shapes'
+    if shapes:
+        c.size = SHAPES_CFG['min_dim']          # the preset has its own size
+    d = schedule_defaults(schedule_config(c.dataset, c.size))
+    for k in SCHEDULE_FLAGS:
+        if getattr(c, k, None) is None:
+            setattr(c, k, d[k])
+    c.lr_steps = tuple(int(s) for s in (d['lr_steps'] if c.lr_steps is None else c.lr_steps))
+    if c.basenet is None:
+        c.basenet = 'none' if shapes else 'vgg16_reducedfc.pth'
+    if c.num_workers is None:     # shapes: in memory; a worker would contend with torch's threads
+        c.num_workers = 0 if shapes else 4
+    if c.threads is None:
+        c.threads = torch.get_num_threads()
+    if c.cuda is None:            # the device rule (utils.engine.cli.select_device)
+        c.cuda = torch.cuda.is_available()
+    if c.dataset_root is None and c.dataset in ('VOC', 'COCO'):
+        from data import COCO_ROOT, VOC_ROOT
+        c.dataset_root = VOC_ROOT if c.dataset == 'VOC' else COCO_ROOT
+    if c.dataset == 'custom' and not c.dataset_root:
+        raise ValueError('--dataset custom needs --dataset_root')
+    if shapes:
+        from data.shapes import DEFAULT_SIZES
+        c.train_images = c.train_images or DEFAULT_SIZES['train']
+        c.val_images = c.val_images or DEFAULT_SIZES['val']
+    if c.eval_every < 0 or c.save_every <= 0:
+        raise ValueError('--eval_every must be >= 0 and --save_every > 0')
+    c.val_splits = tuple(eval_splits(c.dataset)) if c.eval_every else ()
+    return c
+
+
+def parse_run_config(argv=None):
+    """Parse ``argv`` (None: sys.argv) and resolve it: the :class:`RunConfig`
+    of ``python train.py ARGV``."""
+    return resolve_run_config(build_parser().parse_args(argv))
