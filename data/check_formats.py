@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from .base import DatasetError, check_image, safe_join
-from .coco import load_coco_json, validate_coco
-from .custom import (IMAGE_EXTS, find_classes_file, read_classes,
-                     parse_yolo_labels)
-from .voc0712 import VOC_CLASSES, load_xml, parse_objects, image_size
+from .base import DatasetError, check_image
+from .annotations import (coco_image_path, load_coco_json, load_xml,
+                          parse_yolo_labels, read_split, validate_coco,
+                          voc_object, voc_size)
+from .custom import IMAGE_EXTS, find_classes_file, read_classes
+from .voc0712 import VOC_CLASSES
 
 __all__ = ['check_voc', 'check_coco', 'check_yolo', 'image_problem']
 
@@ -105,24 +106,14 @@ def _voc_ids(report, d, split):
     ids, seen = [], set()
     for f in files:
         try:
-            with open(f, encoding='utf-8') as fh:
-                lines = fh.read().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            report.problem(f, 'split file not found' if isinstance(
-                e, FileNotFoundError) else f'unreadable split file ({e})')
+            names = read_split(f, d, on_bad=lambda m: report.error(m, f))
+        except DatasetError as e:
+            report.error(e, f)
             continue
-        for n, line in enumerate(lines, 1):
-            name = line.strip().split()[0] if line.strip() else ''
-            if not name or name in seen:
-                continue
-            try:
-                safe_join(d, 'Annotations', name + '.xml')
-            except DatasetError:
-                report.problem(f, f'line {n}: image id {name!r} leaves the '
-                               'dataset root (refused)')
-                continue
-            seen.add(name)
-            ids.append(name)
+        for name in names:
+            if name not in seen:
+                seen.add(name)
+                ids.append(name)
     return ids
 
 
@@ -136,17 +127,15 @@ def _voc_image_path(d, name):
 
 def _voc_objects(report, xml, root, class_to_ind, classes, wh):
     for k, obj in enumerate(root.findall('object')):
-        one = root.makeelement('annotation', {})   # a one-object annotation
-        one.append(obj)
         try:
-            boxes, labels, difficult = parse_objects(one, class_to_ind, xml)
+            label, b, difficult = voc_object(obj, k, class_to_ind, xml)
         except DatasetError as e:
-            report.error(str(e).replace('object 0', f'object {k}'), xml)
+            report.error(e, xml)
             continue
-        b = boxes[0]
-        name = classes[labels[0]]
+        b = np.asarray(b) - 1          # 0-based pixels, as the loaders
+        name = classes[label]
         c = np.clip(b, 0, [wh[0], wh[1]] * 2) if wh else b
-        report.add_object(name, difficult[0], c[2] - c[0], c[3] - c[1],
+        report.add_object(name, difficult, c[2] - c[0], c[3] - c[1],
                           *(wh or (0, 0)))
         if wh:   # the XML's 1-based numbers; inside when x <= width
             _box_warnings(report, xml, k, name, b + 1, *wh)
@@ -174,7 +163,7 @@ def check_voc(report, root, year=None, split=None, decode=True, classes=None):
             except DatasetError as e:
                 report.error(e, xml)
                 continue
-            wh = image_size(root_el, xml) or size
+            wh = voc_size(root_el) or size
             if size and wh != size:
                 report.warning(xml, f'<size> {wh[0]}x{wh[1]} differs from '
                                f'the image ({size[0]}x{size[1]})')
@@ -192,18 +181,6 @@ def _coco_files(root, split):
     if not files:
         raise DatasetError(f'{root}: no annotations/instances_*.json')
     return files
-
-
-def _coco_image_path(root, split, name):
-    dirs = [split, osp.join('images', split)]
-    for part in ('train2014', 'val2014', 'test2014'):
-        if f'_{part}_' in name:
-            dirs[:0] = [part, osp.join('images', part)]
-    for d in dirs:
-        p = safe_join(root, d, name)
-        if osp.exists(p):
-            return p
-    return safe_join(root, dirs[0], name)
 
 
 def check_coco(report, root, year=None, split=None, decode=True,
@@ -226,7 +203,7 @@ def check_coco(report, root, year=None, split=None, decode=True,
         paths = []
         for im in imgs:
             try:
-                paths.append(_coco_image_path(root, s, str(im['file_name'])))
+                paths.append(coco_image_path(root, s, im['file_name']))
             except DatasetError as e:
                 report.error(e)
                 paths.append(None)

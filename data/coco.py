@@ -17,14 +17,13 @@ crowd regions).
 """
 import contextlib
 import io
-import json
 import os.path as osp
 
 import numpy as np
 
 from .config import HOME
-from .base import DetectionDataset, DatasetError, make_gt, read_image, \
-    safe_join
+from .base import DetectionDataset, DatasetError, make_gt, read_image
+from .annotations import coco_image_path, load_coco_json, validate_coco
 
 __all__ = ['COCO_ROOT', 'COCO_CLASSES', 'COCO_CAT_IDS', 'COCODetection',
            'COCOAnnotationTransform', 'get_label_map', 'load_coco_json',
@@ -67,63 +66,6 @@ def get_label_map(label_file=None):
             if len(ids) >= 2:
                 label_map[int(ids[0])] = int(ids[1])
     return label_map
-
-
-def load_coco_json(path):
-    """json.load with one-line errors."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DatasetError(f'{path}: annotation file not found') from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DatasetError(f'{path}: malformed JSON ({e})') from None
-    except OSError as e:
-        raise DatasetError(f'{path}: unreadable annotation file ({e})') \
-            from None
-
-
-def _is_box(b):
-    return (isinstance(b, (list, tuple)) and len(b) == 4
-            and all(isinstance(v, (int, float)) for v in b))
-
-
-def validate_coco(d, path):
-    """Structural checks of a COCO instances dict.
-
-    Returns (problems: list of (file, message), bad image ids: set). Raises
-    DatasetError when the file cannot be used at all (missing sections)."""
-    if not isinstance(d, dict):
-        raise DatasetError(f'{path}: top level is not a JSON object')
-    for key in ('images', 'annotations', 'categories'):
-        if not isinstance(d.get(key), list):
-            raise DatasetError(f'{path}: missing or invalid "{key}" list')
-    problems, bad = [], set()
-    img_ids = set()
-    for k, im in enumerate(d['images']):
-        if not isinstance(im, dict) or 'id' not in im or 'file_name' not in im:
-            problems.append((path, f'images[{k}] lacks id or file_name'))
-        else:
-            img_ids.add(im['id'])
-    cat_ids = {c.get('id') for c in d['categories'] if isinstance(c, dict)}
-    for k, a in enumerate(d['annotations']):
-        where = f'annotations[{k}]'
-        if not isinstance(a, dict):
-            problems.append((path, f'{where} is not an object'))
-            continue
-        if a.get('image_id') not in img_ids:
-            problems.append((path, f'{where}: unknown image_id '
-                             f'{a.get("image_id")!r}'))
-            continue
-        if a.get('category_id') not in cat_ids:
-            msg = f'{where}: unknown class (category_id {a.get("category_id")!r})'
-        elif not _is_box(a.get('bbox')):
-            msg = f'{where}: missing or malformed bbox'
-        else:
-            continue
-        problems.append((path, msg))
-        bad.add(a['image_id'])
-    return problems, bad
 
 
 class COCOAnnotationTransform:
@@ -204,18 +146,9 @@ class COCODetection(DetectionDataset):
         return {c: i + 1 for i, c in enumerate(self.label_to_cat_id)}
 
     def image_path(self, index):
-        info = self.coco.imgs[self.ids[index]]
-        name = str(info['file_name'])
-        dirs = [self.image_set, osp.join('images', self.image_set)]
-        for part in ('train2014', 'val2014', 'test2014'):
-            if f'_{part}_' in name:
-                dirs[:0] = [part, osp.join('images', part)]
-        for d in dirs:
-            p = safe_join(self.root, d, name)
-            if osp.exists(p):
-                return p
-        return safe_join(self.root, dirs[-2] if len(dirs) > 2 else dirs[0],
-                         name)
+        """The image file (``data.annotations.coco_image_path``)."""
+        return coco_image_path(self.root, self.image_set,
+                               self.coco.imgs[self.ids[index]]['file_name'])
 
     def _file(self, index):
         return self.image_path(index)

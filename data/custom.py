@@ -22,6 +22,7 @@ import os.path as osp
 import numpy as np
 
 from .base import DetectionDataset, DatasetError, make_gt, read_image
+from .annotations import parse_yolo_labels
 from .voc0712 import VOCDetection
 
 __all__ = ['CustomDetection', 'YOLODetection', 'open_custom', 'read_classes',
@@ -86,38 +87,6 @@ class CustomDetection(VOCDetection):
             if osp.exists(p):
                 return read_image(p)
         return read_image(osp.join(rootpath, 'JPEGImages', img_id + '.jpg'))
-
-
-def parse_yolo_labels(path, num_classes):
-    """(labels int64 [n], boxes float32 [n, 4] normalised (x1, y1, x2, y2))
-    from a YOLO label file; a missing file means no objects."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        lines = []
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f'{path}: unreadable label file ({e})') from None
-    labels, boxes = [], []
-    for n, line in enumerate(lines, 1):
-        f = line.split()
-        if not f:
-            continue
-        try:
-            if len(f) != 5:
-                raise ValueError
-            c, v = float(f[0]), [float(x) for x in f[1:]]
-        except ValueError:
-            raise DatasetError(f'{path}: line {n}: expected "class cx cy w h",'
-                               f' got {line.strip()!r}') from None
-        if c != int(c) or not 0 <= c < num_classes:
-            raise DatasetError(f'{path}: line {n}: unknown class {f[0]} '
-                               f'({num_classes} classes)')
-        labels.append(int(c))
-        boxes.append([v[0] - v[2] / 2, v[1] - v[3] / 2,
-                      v[0] + v[2] / 2, v[1] + v[3] / 2])
-    return (np.asarray(labels, np.int64),
-            np.asarray(boxes, np.float32).reshape(-1, 4))
 
 
 def yolo_files(root, image_set):

@@ -7,23 +7,24 @@ Layout (one VOCdevkit root holds both years)::
                      /ImageSets/Main/{trainval,test}.txt
     VOCdevkit/VOC2012/...
 
-XML is parsed with defusedxml (entity expansion refused). Image ids that
-would leave the root (``../``, absolute paths) are refused. Every problem
-is a ``DatasetError`` whose one-line message names the file.
+Annotations and split files are read by ``data.annotations`` (the reader
+the evaluator and ``python -m data.check`` use too): XML through defusedxml,
+class names matched exactly, else ignoring case, ``difficult`` as 0/1,
+false/true or no/yes, image ids that would leave the root refused. Every
+problem is a ``DatasetError`` whose one-line message names the file.
 """
 import os.path as osp
 import warnings
 
 import numpy as np
-import defusedxml.ElementTree as DET
-from defusedxml import DefusedXmlException
 
 from .config import HOME
 from .base import DetectionDataset, DatasetError, make_gt, read_image, \
-    safe_join, clip_boxes
+    clip_boxes
+from .annotations import load_xml, read_split, read_voc_xml, voc_objects
 
 __all__ = ['VOC_CLASSES', 'VOC_ROOT', 'VOCAnnotationTransform',
-           'VOCDetection', 'parse_voc_xml', 'read_split']
+           'VOCDetection']
 
 VOC_CLASSES = (  # always index 0
     'aeroplane', 'bicycle', 'bird', 'boat',
@@ -33,82 +34,6 @@ VOC_CLASSES = (  # always index 0
     'sheep', 'sofa', 'train', 'tvmonitor')
 
 VOC_ROOT = osp.join(HOME, "data/VOCdevkit/")
-
-
-def load_xml(path):
-    """Parse an annotation file safely; return its root Element."""
-    try:
-        return DET.parse(path).getroot()
-    except FileNotFoundError:
-        raise DatasetError(f'{path}: missing annotation file') from None
-    except DefusedXmlException as e:
-        raise DatasetError(f'{path}: XML entity expansion refused '
-                           f'({type(e).__name__})') from None
-    except DET.ParseError as e:
-        raise DatasetError(f'{path}: malformed XML ({e})') from None
-    except OSError as e:
-        raise DatasetError(f'{path}: unreadable annotation ({e})') from None
-
-
-def _number(node, tag, path, what):
-    el = node.find(tag)
-    if el is None or el.text is None or not el.text.strip():
-        raise DatasetError(f'{path}: missing <{tag}> in {what}')
-    try:
-        return float(el.text)
-    except ValueError:
-        raise DatasetError(f'{path}: <{tag}> in {what} is not a number: '
-                           f'{el.text.strip()!r}') from None
-
-
-def parse_objects(root, class_to_ind, path='annotation'):
-    """Objects of a VOC annotation Element.
-
-    Returns (boxes float32 [n, 4] 0-based pixels (XML numbers minus one,
-    as ssd.pytorch), labels int64 [n], difficult bool [n]). Raises
-    DatasetError for an unknown class, a missing name/bndbox/coordinate."""
-    boxes, labels, difficult = [], [], []
-    for k, obj in enumerate(root.findall('object')):
-        name_el = obj.find('name')
-        if name_el is None or not (name_el.text or '').strip():
-            raise DatasetError(f'{path}: object {k} has no <name>')
-        name = name_el.text.strip()
-        if name not in class_to_ind:
-            name = name.lower()
-        if name not in class_to_ind:
-            raise DatasetError(f'{path}: unknown class {name_el.text.strip()!r}'
-                               f' (object {k})')
-        bb = obj.find('bndbox')
-        if bb is None:
-            raise DatasetError(f'{path}: object {k} ({name}) has no <bndbox>')
-        what = f'object {k} ({name}) <bndbox>'
-        boxes.append([_number(bb, t, path, what) - 1
-                      for t in ('xmin', 'ymin', 'xmax', 'ymax')])
-        d = obj.find('difficult')
-        difficult.append(d is not None and (d.text or '0').strip() not in
-                         ('0', '', 'false', 'False'))
-        labels.append(class_to_ind[name])
-    return (np.asarray(boxes, np.float32).reshape(-1, 4),
-            np.asarray(labels, np.int64), np.asarray(difficult, bool))
-
-
-def image_size(root, path):
-    """(width, height) from <size>, or None when missing/zero."""
-    size = root.find('size')
-    if size is None:
-        return None
-    try:
-        w = int(float(size.find('width').text))
-        h = int(float(size.find('height').text))
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return (w, h) if w > 0 and h > 0 else None
-
-
-def parse_voc_xml(path, class_to_ind):
-    """Read one annotation file: (root Element, boxes, labels, difficult)."""
-    root = load_xml(path)
-    return (root,) + parse_objects(root, class_to_ind, path)
 
 
 class VOCAnnotationTransform:
@@ -127,8 +52,8 @@ class VOCAnnotationTransform:
         self.keep_difficult = keep_difficult
 
     def __call__(self, target, width, height, path='annotation'):
-        boxes, labels, difficult = parse_objects(target, self.class_to_ind,
-                                                 path)
+        boxes, labels, difficult = voc_objects(target, self.class_to_ind, path)
+        boxes = (boxes - 1).astype(np.float32)     # ssd.pytorch's minus one
         if width == 1 and height == 1:          # pull_anno: pixels, unclipped
             ok = np.ones(len(labels), bool)
         else:
@@ -140,33 +65,6 @@ class VOCAnnotationTransform:
 
 
 _DEFAULT_TT = VOCAnnotationTransform()
-
-
-def read_split(path, root, skip_bad=False):
-    """Image ids of a split file, each checked to stay inside ``root``
-    (with ``skip_bad`` an id that leaves it is dropped with a warning)."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise DatasetError(f'{path}: split file not found') from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f'{path}: unreadable split file ({e})') from None
-    ids = []
-    for n, line in enumerate(lines, 1):
-        name = line.strip().split()[0] if line.strip() else ''
-        if name:
-            try:
-                safe_join(root, 'Annotations', name + '.xml')
-            except DatasetError:
-                msg = (f'{path}: line {n}: image id {name!r} leaves the '
-                       'dataset root (refused)')
-                if not skip_bad:
-                    raise DatasetError(msg) from None
-                warnings.warn(f'skipping bad sample: {msg}', stacklevel=3)
-                continue
-            ids.append(name)
-    return ids
 
 
 class VOCDetection(DetectionDataset):
@@ -252,18 +150,23 @@ class VOCDetection(DetectionDataset):
                                f'{path}: {msg}') from None
         return np.asarray(t, np.float32).reshape(-1, 5)
 
+    def read_annotation(self, index):
+        """The annotation file of image ``index`` as written: a
+        ``data.annotations.VocAnnotation`` (1-based float64 boxes), what
+        the evaluator scores against."""
+        return read_voc_xml(self._annopath % self.ids[index],
+                            self.class_to_ind)
+
     def pull_gt(self, index):
         """Every object (difficult included) in 0-based pixels; see
         data.base. Width/height come from <size>, else from the image."""
-        path = self._annopath % self.ids[index]
-        root, boxes, labels, difficult = parse_voc_xml(path,
-                                                       self.class_to_ind)
-        wh = image_size(root, path)
+        a = self.read_annotation(index)
+        wh = a.size
         if wh is None:
             h, w = self.pull_image(index).shape[:2]
             wh = (w, h)
-        return make_gt(self.ids[index][1], wh[0], wh[1], boxes, labels,
-                       difficult)
+        return make_gt(self.ids[index][1], wh[0], wh[1], a.boxes - 1,
+                       a.labels, a.difficult)
 
     def pull_anno(self, index):
         """[img_id, [[x1, y1, x2, y2, label], ...]] in pixels (minus one, as

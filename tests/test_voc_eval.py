@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from utils.bench.voc_eval import gt_records, port_voc_ap, port_voc_eval, synthetic_voc
+from data import DatasetError
 from utils.evaluation.detections import (Detections, EvalInputError, GroundTruth, load_voc_gt,
                                  read_devkit, write_devkit)
 from utils.evaluation.voc import evaluate_voc, voc_ap
@@ -71,14 +72,15 @@ def test_difficult_objects_are_ignored():
     for r in both(dets, gt):
         assert r['ap']['cat'] == pytest.approx(1.0, abs=1e-12)
         assert r['npos'] == {'cat': 1, 'dog': 0}
-        assert r['ap']['dog'] == 0.0          # a class with only difficult objects
+        assert r['ap']['dog'] is None         # only difficult objects: npos 0, n/a
+        assert r['map'] == r['ap']['cat']     # left out of the mean
     np.testing.assert_array_equal(r['prec']['cat'], [0., 1.])
 
 
 def test_no_detections():
     gt = make_gt([(0, 0, A, False)])
     for r in both(make_dets([]), gt):
-        assert r['ap'] == {'cat': 0.0, 'dog': 0.0} and r['map'] == 0.0
+        assert r['ap'] == {'cat': 0.0, 'dog': None} and r['map'] == 0.0
 
 
 def test_iou_uses_plus_one_and_strict_threshold():
@@ -175,12 +177,17 @@ def write_voc(root, objs_per_image):
 
 def test_load_voc_gt_reads_xml_like_the_devkit(tmp_path):
     write_voc(tmp_path, {'000001': [('cat', 0, 1, 2, 30, 40), ('dog', 1, 5, 5, 9, 9)],
-                         '000002': [('horse', 0, 1, 1, 5, 5), ('cat', 0, 10, 10, 20, 20)]})
+                         '000002': [('Dog', 'true', 1, 1, 5, 5), ('cat', 0, 10, 10, 20, 20)]})
     gt = load_voc_gt(tmp_path, '2007', 'test', CLASSES)
     assert gt.image_ids == ['000001', '000002']
-    assert gt.img.tolist() == [0, 0, 1] and gt.labels.tolist() == [0, 1, 0]
-    assert gt.boxes.tolist() == [[1, 2, 30, 40], [5, 5, 9, 9], [10, 10, 20, 20]]
-    assert gt.difficult.tolist() == [False, True, False]
+    assert gt.img.tolist() == [0, 0, 1, 1] and gt.labels.tolist() == [0, 1, 1, 0]
+    assert gt.boxes.tolist() == [[1, 2, 30, 40], [5, 5, 9, 9], [1, 1, 5, 5], [10, 10, 20, 20]]
+    assert gt.boxes.dtype == np.float64
+    assert gt.difficult.tolist() == [False, True, True, False]
     assert gt.sizes.tolist() == [[200, 100], [200, 100]]
-    with pytest.raises(EvalInputError, match='image set file not found'):
+    with pytest.raises(DatasetError, match='val.txt: split file not found'):
         load_voc_gt(tmp_path, '2007', 'val', CLASSES)
+    # a class outside the list is an error naming the file and object, not a skip
+    write_voc(tmp_path / 'b', {'000003': [('cat', 0, 1, 1, 5, 5), ('horse', 0, 1, 1, 5, 5)]})
+    with pytest.raises(DatasetError, match=r"000003.xml: unknown class 'horse' \(object 1\)"):
+        load_voc_gt(tmp_path / 'b', '2007', 'test', CLASSES)

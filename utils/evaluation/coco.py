@@ -97,8 +97,8 @@ def read_results(path):
 
 def evaluate_coco(coco_gt, results, img_ids=None, class_names=None, verbose=True):
     """Run COCOeval (bbox). Returns ``dict(stats={AP, AP50, AP75, APs, APm,
-    APl, AR1, AR10, AR100, ARs, ARm, ARl}, ap={class: AP@[.5:.95]},
-    summary=str)``; ``img_ids`` restricts the evaluation (default: all
+    APl, AR1, AR10, AR100, ARs, ARm, ARl}, ap={class: AP@[.5:.95], None for a
+    class without ground truth}, summary=str)``; ``img_ids`` restricts the evaluation (default: all
     images of ``coco_gt``). With no detection at all every number is 0."""
     from pycocotools.cocoeval import COCOeval
     img_ids = sorted(coco_gt.getImgIds()) if img_ids is None else sorted(int(i) for i in img_ids)
@@ -130,7 +130,7 @@ def evaluate_coco(coco_gt, results, img_ids=None, class_names=None, verbose=True
     for k, n in enumerate(names[:prec.shape[2]]):
         p = prec[:, :, k]
         p = p[p > -1]
-        ap[n] = float(p.mean()) if p.size else float('nan')
+        ap[n] = float(p.mean()) if p.size else None     # no ground truth: n/a
     return dict(stats=stats, ap=ap, summary=summary)
 
 

@@ -72,9 +72,6 @@ class GroundTruth:
                    np.array([[r.get('width', 0), r.get('height', 0)] for r in records],
                             np.int64).reshape(-1, 2))
 
-    def index(self):
-        return {k: i for i, k in enumerate(self.image_ids)}
-
 
 def _cat(records, key, dtype, width=None):
     shape = (-1, width) if width else (-1,)
@@ -162,62 +159,26 @@ def _read_one(path, label, index):
     return (np.asarray(img, np.int64), np.full(len(img), label, np.int64), v[:, 0], v[:, 1:])
 
 
-def parse_voc_xml(path, class_index):
-    """One VOC annotation as the devkit port reads it: the XML's integer
-    bndbox (1-based), ``difficult`` (0 when absent). Objects of unknown
-    classes are skipped. Returns a record for :meth:`GroundTruth.from_records`."""
-    from defusedxml import ElementTree as ET
-    try:
-        root = ET.parse(path).getroot()
-    except Exception as e:  # ParseError, EntitiesForbidden, OSError
-        raise EvalInputError(f'{path}: unreadable annotation ({type(e).__name__}: '
-                             f'{str(e).splitlines()[0] if str(e) else ""})') from None
-    boxes, labels, difficult = [], [], []
-    for obj in root.iter('object'):
-        name = (obj.findtext('name') or '').strip()
-        if name not in class_index:
-            continue
-        bb = obj.find('bndbox')
-        try:
-            boxes.append([_num(bb.findtext(k)) for k in ('xmin', 'ymin', 'xmax', 'ymax')])
-        except (AttributeError, TypeError, ValueError):
-            raise EvalInputError(f'{path}: object {name!r} has a missing or bad bndbox') from None
-        labels.append(class_index[name])
-        difficult.append(int(obj.findtext('difficult') or 0) == 1)
-    size = root.find('size')
-    w = int(float(size.findtext('width') or 0)) if size is not None else 0
-    h = int(float(size.findtext('height') or 0)) if size is not None else 0
-    return dict(boxes=np.asarray(boxes, np.float64).reshape(-1, 4), labels=labels,
-                difficult=difficult, width=w, height=h)
-
-
-def _num(text):
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
-
-
-def read_image_set(path):
-    """Image ids of an ``ImageSets/Main/<set>.txt`` file (first column)."""
-    if not os.path.isfile(path):
-        raise EvalInputError(f'{path}: image set file not found')
-    with open(path, 'rt') as f:
-        return [ln.split()[0] for ln in f if ln.strip()]
+def voc_record(ann):
+    """A :meth:`GroundTruth.from_records` record of a
+    ``data.annotations.VocAnnotation``: the XML's numbers as the devkit port
+    reads them (1-based, float64), difficult objects flagged, ``<size>`` or
+    0 where it is missing."""
+    w, h = ann.size or (0, 0)
+    return dict(boxes=ann.boxes, labels=ann.labels, difficult=ann.difficult,
+                width=w, height=h)
 
 
 def load_voc_gt(voc_root, year, set_type, class_names, image_ids=None):
     """Ground truth of ``VOC<year>/ImageSets/Main/<set_type>.txt`` from its
-    XML files, exactly as the devkit port reads them (1-based integer boxes,
-    difficult objects kept and flagged)."""
-    base = os.path.join(os.path.expanduser(voc_root), f'VOC{year}')
+    XML files, read by the loaders' reader (``data.annotations``): 1-based
+    boxes as written, difficult objects kept and flagged; an unknown class,
+    a bad ``difficult`` or an id leaving the root is a ``DatasetError``."""
+    from data.annotations import read_split, read_voc_xml
+    base = os.path.join(os.path.expanduser(str(voc_root)), f'VOC{year}')
     if image_ids is None:
-        image_ids = read_image_set(os.path.join(base, 'ImageSets', 'Main', f'{set_type}.txt'))
+        image_ids = read_split(os.path.join(base, 'ImageSets', 'Main', f'{set_type}.txt'), base)
     class_index = {n: i for i, n in enumerate(class_names)}
-    records = []
-    for i in image_ids:
-        path = os.path.join(base, 'Annotations', f'{i}.xml')
-        if not os.path.isfile(path):
-            raise EvalInputError(f'{path}: annotation file not found')
-        records.append(parse_voc_xml(path, class_index))
+    records = [voc_record(read_voc_xml(os.path.join(base, 'Annotations', f'{i}.xml'), class_index))
+               for i in image_ids]
     return GroundTruth.from_records(image_ids, class_names, records)

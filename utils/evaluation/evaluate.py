@@ -20,8 +20,7 @@ import torch.utils.data as tud
 
 from data.config import MEANS
 from utils.evaluation.coco import coco_from_gt, coco_results, evaluate_coco, write_results
-from utils.evaluation.detections import (Detections, GroundTruth, parse_voc_xml,
-                                 write_devkit)
+from utils.evaluation.detections import Detections, GroundTruth, voc_record, write_devkit
 from utils.inference import split_detections, inference_phase
 from utils.evaluation.voc import evaluate_voc
 
@@ -112,25 +111,22 @@ def detect_dataset(net, dataset, device='cpu', batch_size=8, num_workers=0, conf
 def ground_truth(dataset, indices=None):
     """:class:`GroundTruth` (devkit coordinates, difficult objects flagged).
 
-    VOC-layout datasets (ids ``(folder, id)`` with ``folder/Annotations/
-    id.xml``) are read from the XML exactly as the devkit port reads them;
-    other datasets through ``pull_gt`` (0-based pixels, + 1)."""
+    VOC-layout datasets (those with ``read_annotation``) give the XML's
+    numbers as written, through the loaders' own reader, exactly as the
+    devkit port reads them; other datasets go through ``pull_gt`` (0-based
+    pixels, + 1)."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    classes = tuple(dataset.classes)
-    cls_index = {n: k for k, n in enumerate(classes)}
+    read = getattr(dataset, 'read_annotation', None)
     records = []
     for i in indices:
-        key = dataset.ids[i]
-        xml = (os.path.join(key[0], 'Annotations', f'{key[1]}.xml')
-               if isinstance(key, tuple) and len(key) == 2 else None)
-        if xml and os.path.isfile(xml):
-            records.append(parse_voc_xml(xml, cls_index))
+        if read is not None:
+            records.append(voc_record(read(i)))
             continue
         g = dataset.pull_gt(i)
         records.append(dict(boxes=np.asarray(g['boxes'], np.float64).reshape(-1, 4) + 1.0,
                             labels=g['labels'], difficult=g['difficult'],
                             width=g['width'], height=g['height']))
-    return GroundTruth.from_records(image_ids(dataset, indices), classes, records)
+    return GroundTruth.from_records(image_ids(dataset, indices), tuple(dataset.classes), records)
 
 
 def coco_target(dataset, gt, indices):
@@ -170,7 +166,8 @@ def to_json(results, images, detections):
     for m in ('voc07', 'voc12'):
         if m in results:
             r = results[m]
-            out[m] = {'map': float(r['map']), 'ap': {k: float(v) for k, v in r['ap'].items()}}
+            out[m] = {'map': float(r['map']),
+                      'ap': {k: None if v is None else float(v) for k, v in r['ap'].items()}}
     if 'coco' in results:
         out['coco'] = {k: float(v) for k, v in results['coco']['stats'].items()}
     out['images'] = int(images)
@@ -178,14 +175,21 @@ def to_json(results, images, detections):
     return out
 
 
+def _fmt(ap, spec):
+    """An AP as the table prints it; ``n/a`` for a class without ground truth."""
+    return 'n/a' if ap is None else format(ap, spec)
+
+
 def voc_table(result, use_07_metric):
-    """ssd.pytorch's printed table for one VOC metric, line for line."""
+    """ssd.pytorch's printed table for one VOC metric, line for line. A class
+    without ground truth (AP None) shows ``n/a`` and is left out of the mean."""
     aps = list(result['ap'].values())
-    mean = np.mean(aps) if aps else 0.0
+    known = [ap for ap in aps if ap is not None]
+    mean = np.mean(known) if known else 0.0
     lines = ['VOC07 metric? ' + ('Yes' if use_07_metric else 'No')]
-    lines += ['AP for {} = {:.4f}'.format(c, ap) for c, ap in result['ap'].items()]
+    lines += ['AP for {} = {}'.format(c, _fmt(ap, '.4f')) for c, ap in result['ap'].items()]
     lines += ['Mean AP = {:.4f}'.format(mean), '~~~~~~~~', 'Results:']
-    lines += ['{:.3f}'.format(ap) for ap in aps]
+    lines += [_fmt(ap, '.3f') for ap in aps]
     lines += ['{:.3f}'.format(mean), '~~~~~~~~', '',
               '--------------------------------------------------------------',
               'Results computed with the **unofficial** Python eval code.',

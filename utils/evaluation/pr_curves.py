@@ -29,7 +29,8 @@ def save_pr_curves(folder, results):
     fig_all, ax_all = plt.subplots(figsize=(7, 6))
     for name in curves['ap']:
         rec, prec = curves['rec'][name], curves['prec'][name]
-        label = ', '.join(f'{"AP07" if k == "voc07" else "AP12"} {r["ap"][name]:.3f}'
+        label = ', '.join(f'{"AP07" if k == "voc07" else "AP12"} '
+                          + ('n/a' if r['ap'][name] is None else f'{r["ap"][name]:.3f}')
                           for k, r in voc)
         fig, ax = plt.subplots(figsize=(4.5, 4))
         ax.plot(np.r_[0, rec] if len(rec) else [0], np.r_[1, prec] if len(prec) else [1],

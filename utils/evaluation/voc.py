@@ -19,8 +19,11 @@ Equal to the official devkit's Python port (py-faster-rcnn's
 Where the port is undefined we return a number instead of NaN or a crash:
 precision is ``tp / max(tp + fp, eps)`` (as in the later Detectron and
 ssd.pytorch copies; the port gives NaN when the best-scoring detections hit
-difficult objects, and is otherwise identical), a class without detections has
-AP 0, and a class without any non-difficult object has AP 0.
+difficult objects, and is otherwise identical), and a class without
+detections has AP 0. A class without any non-difficult object in the set
+(the port's ``npos == 0``, where its recall is NaN) has no AP: ``None``,
+printed ``n/a`` and left out of the mean, as pycocotools and mmdetection
+leave out classes without ground truth.
 
 The sequential loop of the port is replaced by array operations: every
 detection's best ground truth (``jmax``) does not depend on the loop's state,
@@ -166,8 +169,10 @@ def evaluate_voc(dets, gt, use_07_metric=True, ovthresh=0.5):
         dets: :class:`utils.evaluation.detections.Detections` (devkit coordinates).
         gt: :class:`utils.evaluation.detections.GroundTruth` (devkit coordinates).
     Returns:
-        dict(ap={class: float}, map=float, rec={class: [D]}, prec={class: [D]},
-        npos={class: int}).
+        dict(ap={class: float or None}, map=float, rec={class: [D]},
+        prec={class: [D]}, npos={class: int}). ``ap`` is None for a class
+        with ``npos == 0``; ``map`` is the mean over the other classes (0.0
+        when no class has ground truth).
     """
     out = dict(ap={}, rec={}, prec={}, npos={})
     for c, name in enumerate(gt.class_names):
@@ -176,8 +181,9 @@ def evaluate_voc(dets, gt, use_07_metric=True, ovthresh=0.5):
         rec, prec, ap = voc_eval_class(dets.img[d], dets.scores[d], dets.boxes[d],
                                        gt.img[g], gt.boxes[g], gt.difficult[g],
                                        len(gt.image_ids), ovthresh, use_07_metric)
-        out['ap'][name], out['rec'][name], out['prec'][name] = ap, rec, prec
-        out['npos'][name] = int(np.sum(~gt.difficult[g]))
-    aps = list(out['ap'].values())
+        npos = int(np.sum(~gt.difficult[g]))
+        out['ap'][name] = ap if npos > 0 else None
+        out['rec'][name], out['prec'][name], out['npos'][name] = rec, prec, npos
+    aps = [ap for ap in out['ap'].values() if ap is not None]
     out['map'] = float(np.mean(aps)) if aps else 0.0
     return out
