@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+VISDOM_STAMP := $(VENV)/.visdom-static
 
-.PHONY: venv test demo bench clean
+.PHONY: venv visdom test demo bench clean
 
 venv: $(STAMP)
 
@@ -19,13 +20,22 @@ $(STAMP): requirements.txt requirements-dev.txt
 	echo '{"NbConvertApp": {"export_format": "notebook"}}' > $(VENV)/etc/jupyter/jupyter_nbconvert_config.json
 	touch $(STAMP)
 
-test: $(STAMP)
+# visdom 0.2.4 downloads its JavaScript, CSS and fonts from CDNs on its first
+# start; this fills its static folder in .venv from the npm registry instead
+# (utils/visdom_offline.py), so `python -m visdom.server` works offline.
+# Without npm it says so in one line and everything else still works.
+visdom: $(VISDOM_STAMP)
+
+$(VISDOM_STAMP): $(STAMP) utils/visdom_offline.py
+	@$(PY) -m utils.visdom_offline && touch $@ || true
+
+test: $(STAMP) $(VISDOM_STAMP)
 	$(PY) -m pytest -q tests
 
 # The shapes demo: train the small preset on the CPU, evaluate it (AP table
 # and eval.json), and draw its detections on a few validation images.
 DEMO ?= runs/demo
-demo: $(STAMP)
+demo: $(STAMP) $(VISDOM_STAMP)
 	$(PY) train.py --dataset shapes --save_folder $(DEMO) --eval_every 0
 	$(PY) eval.py --dataset shapes --trained_model $(DEMO)/shapes.pth \
 		--save_folder $(DEMO)/eval --json $(DEMO)/eval.json
