@@ -223,25 +223,15 @@ def trained_like_ssd(seed=0):
 
 def torchvision_with_our_weights(net):
     """torchvision's ``ssd300_vgg16`` with ``net``'s weights and priors:
-    the convolutions are mapped in order (VGG features, pool4..fc7 and the
-    extras, then the regression and classification heads), L2Norm's weight
-    is ``backbone.scale_weight``, and the anchors are our priors (its
+    the layers are mapped by :data:`utils.convert_torchvision.KEY_MAP` (the
+    converter's table, used backwards), and the anchors are our priors (its
     ``DefaultBoxGenerator`` with ssd.pytorch's scales differs in 114 priors,
     whose centres ssd.pytorch clips). Same thresholds as our Detect; no cap across classes."""
+    from utils.convert_torchvision import to_torchvision
     tv = torchvision_ssd(score_thresh=0.01, nms_thresh=0.45, topk_candidates=200,
                          detections_per_img=200 * (NUM_CLASSES - 1)).eval()
+    tv.load_state_dict(to_torchvision(net.state_dict()))
     tv.anchor_generator = FixedAnchors(net.priors)
-    ours = [m for part in (net.vgg, net.extras, net.loc, net.conf)
-            for m in part if isinstance(m, torch.nn.Conv2d)]
-    theirs = [m for part in (tv.backbone, tv.head.regression_head,
-                             tv.head.classification_head)
-              for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(ours) == len(theirs), (len(ours), len(theirs))
-    with torch.no_grad():
-        for a, b in zip(ours, theirs):
-            b.weight.copy_(a.weight)
-            b.bias.copy_(a.bias)
-        tv.backbone.scale_weight.copy_(net.L2Norm.weight)
     return tv
 
 
