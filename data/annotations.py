@@ -17,8 +17,10 @@ message starts with the file.
 * Split files (``read_split``): ``ImageSets/Main/<set>.txt``, the first
   column of each line; an id that would leave the dataset root is refused.
 * YOLO txt (``parse_yolo_labels``): ``class cx cy w h`` lines, normalised.
-* COCO JSON (``load_coco_json``, ``validate_coco``) and the one rule that
-  turns an image's ``file_name`` into a path (``coco_image_path``).
+* COCO JSON (``read_coco_json``: ``load_coco_json`` + ``validate_coco``;
+  an annotation of an unknown category is an error, not dropped) and the
+  one rule that turns an image's ``file_name`` into a path
+  (``coco_image_path``).
 """
 import json
 import os.path as osp
@@ -34,7 +36,7 @@ from .base import DatasetError, safe_join
 __all__ = ['class_label', 'parse_difficult', 'load_xml', 'voc_object',
            'voc_objects', 'voc_size', 'read_voc_xml', 'VocAnnotation',
            'read_split', 'parse_yolo_labels', 'load_coco_json',
-           'validate_coco', 'coco_image_path']
+           'validate_coco', 'read_coco_json', 'coco_image_path']
 
 DIFFICULT_TRUE = ('1', 'true', 'yes')
 DIFFICULT_FALSE = ('0', 'false', 'no', '')
@@ -278,6 +280,19 @@ def validate_coco(d, path):
         problems.append((path, msg))
         bad.add(a['image_id'])
     return problems, bad
+
+
+def read_coco_json(path, skip_bad=False):
+    """A COCO instances file, checked: (dict, ids of images with a bad
+    annotation). Raises DatasetError for the first problem (with the count)
+    unless ``skip_bad``; ``python -m data.check`` lists them all."""
+    d = load_coco_json(path)
+    problems, bad = validate_coco(d, path)
+    if problems and not skip_bad:
+        f, m = problems[0]
+        raise DatasetError(f'{f}: {m} ({len(problems)} problem(s); '
+                           'see python -m data.check)')
+    return d, bad
 
 
 def coco_image_path(root, image_set, file_name):

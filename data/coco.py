@@ -22,8 +22,9 @@ import os.path as osp
 import numpy as np
 
 from .config import HOME
-from .base import DetectionDataset, DatasetError, make_gt, read_image
-from .annotations import coco_image_path, load_coco_json, validate_coco
+from .base import DetectionDataset, make_gt, read_image
+from .annotations import (coco_image_path, load_coco_json,  # noqa: F401
+                          read_coco_json, validate_coco)
 
 __all__ = ['COCO_ROOT', 'COCO_CLASSES', 'COCO_CAT_IDS', 'COCODetection',
            'COCOAnnotationTransform', 'get_label_map', 'load_coco_json',
@@ -115,12 +116,7 @@ class COCODetection(DetectionDataset):
         self.image_set, self.name = image_set, dataset_name
         self.ann_file = ann_file or osp.join(
             self.root, 'annotations', f'instances_{image_set}.json')
-        d = load_coco_json(self.ann_file)
-        problems, bad = validate_coco(d, self.ann_file)
-        if problems and not skip_bad:
-            f, m = problems[0]
-            raise DatasetError(f'{f}: {m} ({len(problems)} problem(s); '
-                               'see python -m data.check)')
+        d, bad = read_coco_json(self.ann_file, skip_bad)
         self.coco = COCO()
         self.coco.dataset = d
         with contextlib.redirect_stdout(io.StringIO()):

@@ -227,3 +227,26 @@ def test_coco_loader_and_check_name_the_same_missing_image(tmp_path):
         ds.pull_image(0)
     rep = check_dataset(root, 'coco', split='valminusminival2014').as_dict()
     assert {'file': img, 'message': 'missing image'} in rep['problems']
+
+
+def test_coco_json_unknown_class_is_the_same_error_everywhere(tmp_path):
+    from tests.test_data_coco import make_coco
+    from utils.evaluation.coco import load_coco_gt
+    root = make_coco(str(tmp_path), 'val2017')
+    ann = os.path.join(root, 'annotations', 'instances_val2017.json')
+    d = json.load(open(ann))
+    d['annotations'][0]['category_id'] = 5
+    json.dump(d, open(ann, 'w'))
+    msg = re.escape(f'{ann}: annotations[0]: unknown class (category_id 5)')
+    with pytest.raises(DatasetError, match=msg):
+        get_dataset('COCO', root, 'val2017')
+    with pytest.raises(DatasetError, match=msg):        # was: silently dropped
+        load_coco_gt(ann)
+    rep = check_dataset(root, 'coco', split='val2017').as_dict()
+    assert [p['file'] + ': ' + p['message'] for p in rep['problems']] == \
+        [f'{ann}: annotations[0]: unknown class (category_id 5)']
+    with open(ann, 'w') as f:
+        f.write('{"images": [')
+    for call in (lambda: get_dataset('COCO', root, 'val2017'), lambda: load_coco_gt(ann)):
+        with pytest.raises(DatasetError, match=re.escape(f'{ann}: malformed JSON')):
+            call()

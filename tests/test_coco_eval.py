@@ -11,6 +11,7 @@ from pycocotools.cocoeval import COCOeval
 from utils.evaluation.coco import (STAT_NAMES, coco_from_gt, coco_results, dets_from_results,
                              evaluate_coco, gt_from_coco, load_coco_gt, read_results,
                              write_results)
+from data import DatasetError
 from utils.evaluation.detections import EvalInputError, GroundTruth
 
 # non-contiguous category ids, small / medium / large objects, one crowd
@@ -100,5 +101,5 @@ def test_bad_results_are_one_line_errors(tmp_path, files):
     with pytest.raises(EvalInputError, match='image_id 5'):
         dets_from_results([{'image_id': 5, 'category_id': 1, 'bbox': [0, 0, 1, 1],
                             'score': 1.}], img_ids, cat_ids)
-    with pytest.raises(EvalInputError, match='annotation file not found'):
+    with pytest.raises(DatasetError, match='missing.json: annotation file not found'):
         load_coco_gt(str(tmp_path / 'missing.json'))

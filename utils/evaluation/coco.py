@@ -135,16 +135,18 @@ def evaluate_coco(coco_gt, results, img_ids=None, class_names=None, verbose=True
 
 
 def load_coco_gt(ann_file):
-    """pycocotools ``COCO`` of an instances JSON (one-line errors)."""
+    """pycocotools ``COCO`` of an instances JSON, read and checked by the
+    loader's reader (``data.annotations.read_coco_json``): a malformed file
+    or an annotation of an unknown category is a one-line ``DatasetError``
+    naming the file, as in ``COCODetection`` and ``python -m data.check``."""
     from pycocotools.coco import COCO
-    if not os.path.isfile(ann_file):
-        raise EvalInputError(f'{ann_file}: annotation file not found')
-    try:
-        with _quiet():
-            return COCO(ann_file)
-    except Exception as e:  # JSON errors, missing keys
-        raise EvalInputError(f'{ann_file}: not a COCO instances JSON '
-                             f'({type(e).__name__}: {e})') from None
+    from data.annotations import read_coco_json
+    d, _ = read_coco_json(ann_file)
+    coco = COCO()
+    coco.dataset = d
+    with _quiet():
+        coco.createIndex()
+    return coco
 
 
 def gt_from_coco(coco):
