@@ -26,7 +26,9 @@ import torch
 import torch.utils.data as data
 
 __all__ = ['DatasetError', 'DetectionDataset', 'read_image', 'check_image',
-           'safe_join', 'clip_boxes', 'make_gt']
+           'safe_join', 'clip_boxes', 'make_gt', 'IMAGE_EXTS', 'find_image']
+
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
 
 
 class DatasetError(ValueError):
@@ -44,6 +46,16 @@ def safe_join(root, *parts):
             raise DatasetError(f"{os.path.join(root, *map(str, parts))}: "
                                f"path leaves the dataset root {root}")
     return os.path.join(root, *map(str, parts))
+
+
+def find_image(folder, stem):
+    """``folder/stem`` with the first extension of IMAGE_EXTS that exists,
+    else ``folder/stem.jpg`` (the file named when it is missing)."""
+    for ext in IMAGE_EXTS:
+        p = os.path.join(folder, stem + ext)
+        if os.path.exists(p):
+            return p
+    return os.path.join(folder, stem + '.jpg')
 
 
 def check_image(path, buf=None):

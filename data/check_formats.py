@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from .base import DatasetError, check_image
+from .base import DatasetError, IMAGE_EXTS, check_image, find_image
 from .annotations import (coco_image_path, load_coco_json, load_xml,
                           parse_yolo_labels, read_split, validate_coco,
                           voc_object, voc_size)
-from .custom import IMAGE_EXTS, find_classes_file, read_classes
+from .custom import find_classes_file, read_classes
 from .voc0712 import VOC_CLASSES
 
 __all__ = ['check_voc', 'check_coco', 'check_yolo', 'image_problem']
@@ -117,14 +117,6 @@ def _voc_ids(report, d, split):
     return ids
 
 
-def _voc_image_path(d, name):
-    for ext in IMAGE_EXTS:
-        p = osp.join(d, 'JPEGImages', name + ext)
-        if osp.exists(p):
-            return p
-    return osp.join(d, 'JPEGImages', name + '.jpg')
-
-
 def _voc_objects(report, xml, root, class_to_ind, classes, wh):
     for k, obj in enumerate(root.findall('object')):
         try:
@@ -148,7 +140,7 @@ def check_voc(report, root, year=None, split=None, decode=True, classes=None):
         class_to_ind = {c: i for i, c in enumerate(names)}
         ids = _voc_ids(report, d, split)
         report.images += len(ids)
-        paths = [_voc_image_path(d, i) for i in ids]
+        paths = [find_image(osp.join(d, 'JPEGImages'), i) for i in ids]
         if osp.isdir(osp.join(d, 'JPEGImages')):
             results = _images(paths, decode)
         else:       # annotations only (e.g. the devkit's annotation tarball)

@@ -21,14 +21,14 @@ import os.path as osp
 
 import numpy as np
 
-from .base import DetectionDataset, DatasetError, make_gt, read_image
+from .base import DetectionDataset, DatasetError, make_gt, read_image, \
+    IMAGE_EXTS
 from .annotations import parse_yolo_labels
 from .voc0712 import VOCDetection
 
 __all__ = ['CustomDetection', 'YOLODetection', 'open_custom', 'read_classes',
            'parse_yolo_labels', 'IMAGE_EXTS']
 
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
 CLASS_FILES = ('classes.txt', 'labels.txt', 'obj.names', 'classes.names')
 
 
@@ -79,14 +79,6 @@ class CustomDetection(VOCDetection):
                                              '*.xml')))
             self.ids = [(root, osp.splitext(osp.basename(p))[0]) for p in xmls]
         self.image_set = image_set
-
-    def pull_image(self, index):
-        rootpath, img_id = self.ids[index]
-        for ext in IMAGE_EXTS:
-            p = osp.join(rootpath, 'JPEGImages', img_id + ext)
-            if osp.exists(p):
-                return read_image(p)
-        return read_image(osp.join(rootpath, 'JPEGImages', img_id + '.jpg'))
 
 
 def yolo_files(root, image_set):

@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import HOME
 from .base import DetectionDataset, DatasetError, make_gt, read_image, \
-    clip_boxes
+    clip_boxes, find_image
 from .annotations import load_xml, read_split, read_voc_xml, voc_objects
 
 __all__ = ['VOC_CLASSES', 'VOC_ROOT', 'VOCAnnotationTransform',
@@ -130,9 +130,14 @@ class VOCDetection(DetectionDataset):
     def _file(self, index):
         return self._annopath % self.ids[index]
 
+    def image_path(self, index):
+        """``JPEGImages/<id>.jpg`` (or the .jpeg/.png/.bmp that exists)."""
+        rootpath, img_id = self.ids[index]
+        return find_image(osp.join(rootpath, 'JPEGImages'), img_id)
+
     def pull_image(self, index):
         """BGR uint8 image (raises DatasetError naming a bad file)."""
-        return read_image(self._imgpath % self.ids[index])
+        return read_image(self.image_path(index))
 
     def load_target(self, index, width, height):
         path = self._annopath % self.ids[index]
