@@ -6,8 +6,10 @@
 Prints a summary (images, objects, difficult, objects per class, box-size
 statistics), then every problem on its own line naming the file, then the
 warnings. Problems: an unreadable or truncated image, malformed XML or JSON
-or missing fields, a missing image or annotation, an unknown class, a path
-that leaves the root, XML entity expansion. Warnings (counted; the loaders
+or missing fields, a missing image or annotation, an unknown class, a
+``<difficult>`` other than 0/1, false/true, no/yes, a path that leaves the
+root, XML entity expansion. Annotations are read by ``data.annotations``,
+the reader the loaders and the evaluator use. Warnings (counted; the loaders
 clip the box or drop it): a box outside the image, a box of zero area.
 Exit status 1 when there is any problem, else 0.
 """

@@ -5,12 +5,14 @@ VOC2010+ and COCO metrics, the devkit files, PR curves and the printed table.
 during training), eval.py and ``make demo`` use; it returns the ``eval.py
 --json`` dict::
 
-    {"voc07": {"map": float, "ap": {class: float}},
-     "voc12": {"map": float, "ap": {class: float}},
+    {"voc07": {"map": float, "ap": {class: float or None}},
+     "voc12": {"map": float, "ap": {class: float or None}},
      "coco": {"AP": float, "AP50": ..., "ARl": float},
      "images": int, "detections": int}
 
-holding only the metrics asked for.
+holding only the metrics asked for. A class without ground truth in the set
+(``npos == 0``) has AP None (``null``, printed ``n/a``) and is left out of
+``map``.
 """
 import os
 
