@@ -8,9 +8,10 @@
 The flags of ssd.pytorch's eval.py keep their meaning; see doc/evaluation.md.
 """
 import argparse
+import sys
 
 from data import VOC_ROOT
-from utils.engine.evaluator import main, str2bool
+from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script, str2bool
 
 
 def parse_args(argv=None):
@@ -25,19 +26,17 @@ def parse_args(argv=None):
     p.add_argument('--top_k', default=200, type=int,
                    help='Detections kept per class before NMS (ssd.pytorch parsed 5 '
                         'but never used it; its Detect kept 200)')
-    p.add_argument('--cuda', default=None, type=str2bool,
-                   help='Use CUDA (default: when available)')
+    add_cuda_flag(p)
     p.add_argument('--voc_root', default=VOC_ROOT, help='Location of VOC root directory')
     p.add_argument('--cleanup', default=False, type=str2bool,
                    help='Remove the det_<set>_<class>.txt files after evaluation')
-    p.add_argument('--dataset', default=None, choices=['VOC', 'COCO', 'shapes', 'custom'],
-                   type=lambda s: {'voc': 'VOC', 'coco': 'COCO'}.get(s.lower(), s),
-                   help='Dataset (default: the checkpoint\'s, else VOC)')
+    add_dataset_flag(p, help='Dataset (default: the checkpoint\'s, else VOC)')
     p.add_argument('--dataset_root', default=None,
                    help='Dataset root for COCO / custom (VOC: --voc_root)')
     p.add_argument('--year', default='2007', help='VOC year')
     p.add_argument('--set_type', default=None,
-                   help='Image set: VOC test (default), shapes val, COCO val2017, custom test/val')
+                   help='Image set (default: VOC test, shapes val, COCO val2017 else val2014, '
+                        'custom val else test)')
     p.add_argument('--size', default=None, type=int, choices=[300, 512],
                    help='SSD300 or SSD512 (default: from the checkpoint)')
     p.add_argument('--metric', default=None,
@@ -59,5 +58,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def main(argv=None):
+    """``python eval.py ARGV``; returns the exit code (1: one-line error)."""
+    from utils.engine.evaluator import run
+    args = parse_args(argv)
+
+    def body():
+        run(args)          # prints the tables, writes --save_folder and --json
+        return 0
+    return run_script('eval.py', body)
+
+
 if __name__ == '__main__':
-    main(parse_args())
+    sys.exit(main())

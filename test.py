@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from data import VOC_ROOT
-from utils.engine.evaluator import device_for, str2bool
+from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script
 
 
 def parse_args(argv=None):
@@ -22,19 +22,18 @@ def parse_args(argv=None):
     p.add_argument('--save_folder', default='eval/', type=str, help='Dir to save results')
     p.add_argument('--visual_threshold', default=0.6, type=float,
                    help='Final confidence threshold')
-    p.add_argument('--cuda', default=None, type=str2bool,
-                   help='Use cuda to train model (default: when available)')
+    add_cuda_flag(p)
     p.add_argument('--voc_root', default=VOC_ROOT, help='Location of VOC root directory')
     p.add_argument('-f', default=None, type=str, help='Dummy arg so we can load in Jupyter Notebooks')
     p.add_argument('--input', nargs='+', default=None,
                    help='Images, folders and video files to run on (instead of VOC test)')
-    p.add_argument('--dataset', default=None, choices=['VOC', 'COCO', 'shapes', 'custom'],
-                   type=lambda s: {'voc': 'VOC', 'coco': 'COCO'}.get(s.lower(), s),
-                   help='What the model was trained on (class names, model preset); '
-                        'default: the checkpoint\'s, else VOC')
+    add_dataset_flag(p, help='What the model was trained on (class names, model preset); '
+                             'default: the checkpoint\'s, else VOC')
     p.add_argument('--dataset_root', default=None, help='Custom dataset root (class names)')
     p.add_argument('--year', default='2007', help='VOC year (without --input)')
-    p.add_argument('--set_type', default='test', help='VOC image set (without --input)')
+    p.add_argument('--set_type', default=None,
+                   help='Image set without --input (default: VOC test, shapes val, COCO '
+                        'val2017 else val2014, custom val else test)')
     p.add_argument('--size', default=None, type=int, choices=[300, 512])
     p.add_argument('--batch_size', default=8, type=int)
     p.add_argument('--top_k', default=200, type=int, help='Detections kept per class')
@@ -43,41 +42,43 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(args):
-    from data import DatasetError, get_dataset
-    from utils.checkpoint import CheckpointError
-    from utils.inference import Predictor, build_model, read_checkpoint
-    from utils.engine.tester import InputError, class_names_for, run_inputs, write_test1
-    try:
-        state, meta = read_checkpoint(args.trained_model)
-        name = args.dataset or meta.get('args', {}).get('dataset') or 'VOC'
-        explicit = args.dataset or meta.get('args', {}).get('dataset')
-        known = class_names_for(name, None, args.dataset_root) if explicit else None
-        num = len(known) + 1 if known else None      # else: the state dict's class count
-        net, info = build_model(state, meta, args.trained_model, dataset=name if (
-            args.dataset or name == 'shapes') else None, size=args.size, num_classes=num,
-            top_k=args.top_k)
-        names = class_names_for(name, info['num_classes'], args.dataset_root)
-        device = device_for(args.cuda)
-        order = 'BGR' if args.bgr else (args.channel_order or info['channel_order'])
-        predictor = Predictor(net.to(device), info['size'], device=device, channel_order=order,
-                              conf_thresh=min(0.01, args.visual_threshold),
-                              batch_size=args.batch_size)
-        print('Finished loading model!')
-        if args.input:
-            run_inputs(predictor, args.input, names, args.save_folder, args.visual_threshold,
-                       args.batch_size)
-        else:
-            testset = get_dataset(name, args.voc_root if name == 'VOC' else args.dataset_root,
-                                  [(args.year, args.set_type)] if name == 'VOC'
-                                  else args.set_type)
-            print(write_test1(predictor, testset, names, args.save_folder,
-                              args.visual_threshold, args.batch_size))
-    except (CheckpointError, DatasetError, InputError, ValueError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f'test.py: error: {msg}', file=sys.stderr)
-        sys.exit(1)
+def main(argv=None):
+    """``python test.py ARGV``; returns the exit code (1: one-line error)."""
+    args = parse_args(argv)
+    return run_script('test.py', run, args)
+
+
+def run(args):
+    """test.py's body: the model from --trained_model (``build_from_weights``),
+    then --input pictures and videos, or ``test1.txt`` on the test split."""
+    from data.config import dataset_name, eval_splits
+    from utils.engine.cli import select_device
+    from utils.engine.tester import run_inputs, write_test1
+    from utils.inference import Predictor
+    from utils.weights import build_from_weights, read_weights
+    weights = read_weights(args.trained_model)
+    name = dataset_name(args.dataset or weights.meta.get('dataset') or 'VOC')
+    device = select_device(args.cuda)
+    net, names, order = build_from_weights(
+        weights, size=args.size, dataset=args.dataset, dataset_root=args.dataset_root,
+        channel_order='BGR' if args.bgr else args.channel_order, device=device,
+        top_k=args.top_k)
+    predictor = Predictor(net, net.size, device=device, channel_order=order,
+                          conf_thresh=min(0.01, args.visual_threshold),
+                          batch_size=args.batch_size)
+    print('Finished loading model!')
+    if args.input:
+        run_inputs(predictor, args.input, names, args.save_folder, args.visual_threshold,
+                   args.batch_size)
+        return 0
+    from data import get_dataset
+    split = args.set_type or eval_splits(name)[0]
+    testset = get_dataset(name, args.voc_root if name == 'VOC' else args.dataset_root,
+                          [(args.year, split)] if name == 'VOC' else split)
+    print(write_test1(predictor, testset, names, args.save_folder,
+                      args.visual_threshold, args.batch_size))
+    return 0
 
 
 if __name__ == '__main__':
-    main(parse_args())
+    sys.exit(main())

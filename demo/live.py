@@ -6,7 +6,8 @@
 
 The model (SSD300, SSD512, the shapes preset; the classes) and its channel
 order are taken from the weight file (``utils.weights.build_from_weights``);
-``--size``, ``--dataset`` and ``--channel_order`` override. Capture runs in a
+``--size``, ``--dataset`` and ``--channel_order`` override. It runs on CUDA
+when present (``--cuda False`` forces the CPU), like the other scripts. Capture runs in a
 thread (no imutils). ``q`` or Esc in the window, Ctrl-C or SIGTERM stop
 cleanly: the output video is finalised and the camera released; ``p`` pauses.
 """
@@ -20,18 +21,10 @@ import time
 
 import cv2
 
-from utils.checkpoint import CheckpointError
+from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script
 
 _END = object()
 DEFAULT_WEIGHTS = ('weights/ssd300_mAP_77.43_v2.pth', 'weights/ssd_300_VOC0712.pth')
-
-
-def _str2bool(v):
-    if str(v).lower() in ('1', 'true', 'yes', 'y', 't'):
-        return True
-    if str(v).lower() in ('0', 'false', 'no', 'n', 'f'):
-        return False
-    raise argparse.ArgumentTypeError(f'expected True or False, got {v!r}')
 
 
 class ThreadedCapture:
@@ -168,61 +161,53 @@ def parse_args(argv=None):
     p.add_argument('--no_display', action='store_true', help='no window (headless machines)')
     p.add_argument('--size', type=int, default=None, choices=(300, 512),
                    help='override the input size inferred from the weights')
-    p.add_argument('--dataset', default=None, choices=('VOC', 'COCO', 'shapes', 'custom'),
-                   help='override the model/classes inferred from the weights')
+    add_dataset_flag(p, help='override the model/classes inferred from the weights')
     p.add_argument('--channel_order', default=None, choices=('RGB', 'BGR'),
                    help='override the channel order known for the weights')
     p.add_argument('--thresh', type=float, default=0.6, help='score threshold for drawing')
-    p.add_argument('--cuda', nargs='?', const=True, default=False, type=_str2bool,
-                   help='run on the GPU if available (--cuda or --cuda True)')
+    add_cuda_flag(p)
     p.add_argument('--max_frames', type=int, default=None, help='stop after this many frames')
     return p.parse_args(argv)
 
 
 def main(argv=None):
-    try:
-        return _main(parse_args(argv))
-    except KeyboardInterrupt:          # Ctrl-C while loading, before the loop
-        print('\ninterrupted', file=sys.stderr)
-        return 130
+    """``python -m demo.live ARGV``; returns the exit code (1: one-line
+    error, 130: Ctrl-C while loading)."""
+    args = parse_args(argv)
+    return run_script('demo.live', _main, args)
 
 
 def _main(args):
     if args.weights is None:
-        args.weights = next((w for w in DEFAULT_WEIGHTS if os.path.isfile(w)), DEFAULT_WEIGHTS[0])
+        args.weights = next((w for w in DEFAULT_WEIGHTS if os.path.isfile(w)), None)
+        if args.weights is None:
+            raise OSError(f'no weights given and none of {", ".join(DEFAULT_WEIGHTS)} '
+                          'present: pass --weights (see weights/README.md)')
+    from utils.engine.cli import select_device
     from utils.inference import Predictor
     from utils.weights import build_from_weights
-    device = 'cuda' if args.cuda and __import__('torch').cuda.is_available() else 'cpu'
+    device = select_device(args.cuda)
     source = int(args.source) if args.source.isdigit() else args.source
     if isinstance(source, str) and not os.path.exists(source) and '://' not in source:
-        print(f'error: --source {source}: no such file', file=sys.stderr)
-        return 1
-    try:
-        net, classes, order = build_from_weights(args.weights, 'test', size=args.size,
-                                                 dataset=args.dataset,
-                                                 channel_order=args.channel_order, device=device,
-                                                 conf_thresh=args.thresh)
-        capture = ThreadedCapture(source)
-    except (CheckpointError, OSError, ValueError) as e:
-        hint = ' (see weights/README.md)' if isinstance(e, CheckpointError) else ''
-        print(f'error: {e}{hint}', file=sys.stderr)
-        return 1
+        raise OSError(f'--source {source}: no such file')
+    net, classes, order = build_from_weights(args.weights, 'test', size=args.size,
+                                             dataset=args.dataset,
+                                             channel_order=args.channel_order, device=device,
+                                             conf_thresh=args.thresh)
+    capture = ThreadedCapture(source)
     display = not args.no_display
     if display and sys.platform.startswith('linux') and not (
             os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
         print('warning: no display found; running as with --no_display', file=sys.stderr)
         display = False
     print(f'{args.weights}: {net.cfg["name"]} at {net.size}, {len(classes)} classes, '
-          f'{order} input; source {source}')
+          f'{order} input; source {source} on {device.type}')
     predictor = Predictor(net, net.size, device=device, channel_order=order, conf_thresh=args.thresh)
     old = signal.signal(signal.SIGTERM, signal.default_int_handler)
     t0 = time.perf_counter()
     try:
         n = run(predictor, classes, capture, args.thresh, args.output,
                 display=display, max_frames=args.max_frames)
-    except (OSError, cv2.error) as e:
-        print(f'error: {str(e).strip().splitlines()[-1]}', file=sys.stderr)
-        return 1
     finally:
         capture.release()
         signal.signal(signal.SIGTERM, old)

@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -34,10 +35,18 @@ EVAL = load_script('eval')
 
 
 def run_eval(argv):
+    """eval.py's main(argv); returns (its --json dict, stdout)."""
     out = io.StringIO()
+    if '--json' in argv:
+        path, extra = argv[argv.index('--json') + 1], []
+    else:
+        fd, path = tempfile.mkstemp(suffix='.json')
+        os.close(fd)
+        extra = ['--json', path]
     with contextlib.redirect_stdout(out):
-        res = EVAL.main(EVAL.parse_args(argv))
-    return res, out.getvalue()
+        assert EVAL.main(argv + extra) == 0
+    with open(path) as f:
+        return json.load(f), out.getvalue()
 
 
 @pytest.fixture(scope='module')
@@ -152,8 +161,6 @@ def test_coco_results_json_equals_pycocotools(tmp_path):
 def test_bad_weight_file_is_one_line_error(tmp_path, capsys, content):
     bad = tmp_path / 'bad.pth'
     bad.write_bytes(content)
-    with pytest.raises(SystemExit) as e:
-        EVAL.main(EVAL.parse_args(['--trained_model', str(bad), '--dataset', 'shapes']))
-    assert e.value.code == 1
+    assert EVAL.main(['--trained_model', str(bad), '--dataset', 'shapes']) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('eval.py: error: ') and 'bad.pth' in err[0]

@@ -8,7 +8,7 @@ from data.config import shapes as shapes_cfg
 from ssd import build_ssd
 from utils.checkpoint import CheckpointError, atomic_save
 from utils.draw import draw_detections
-from utils.inference import Predictor, load_model, split_detections, inference_phase
+from utils.inference import Predictor, split_detections, inference_phase
 
 
 @pytest.fixture(scope='module')
@@ -63,27 +63,6 @@ def test_inference_phase_restores_detect_settings(net):
     with inference_phase(net, conf_thresh=0.5, top_k=3):
         assert (net.phase, net.training, det.conf_thresh, det.top_k) == ('test', False, 0.5, 3)
     assert (net.phase, net.training, det.conf_thresh, det.top_k) == before
-
-
-def test_load_model_kinds_and_errors(net, tmp_path):
-    sd = net.state_dict()
-    atomic_save(sd, tmp_path / 'snap.pth')
-    atomic_save({'model': {'module.' + k: v for k, v in sd.items()}, 'optimizer': {},
-                 'iteration': 5, 'args': {'dataset': 'shapes'}}, tmp_path / 'checkpoint.pth')
-    for name in ('snap.pth', 'checkpoint.pth'):
-        m, info = load_model(str(tmp_path / name))
-        assert info['preset'] == 'shapes' and info['num_classes'] == 6
-        assert info['classes'] == ('circle', 'square', 'triangle', 'star', 'cross')
-        assert m.phase == 'test' and info['channel_order'] == 'RGB'
-        assert torch.equal(m.state_dict()['conf.0.weight'], sd['conf.0.weight'])
-    data = (tmp_path / 'snap.pth').read_bytes()
-    (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
-    with pytest.raises(CheckpointError, match='cut.pth: not a readable'):
-        load_model(str(tmp_path / 'cut.pth'))
-    with pytest.raises(CheckpointError, match='snap.pth: its shapes fit none of the models'):
-        load_model(str(tmp_path / 'snap.pth'), dataset='VOC', size=300)
-    with pytest.raises(CheckpointError, match='snap.pth: does not fit the shapes SSD.* with 21'):
-        load_model(str(tmp_path / 'snap.pth'), num_classes=21)
 
 
 def test_draw_detections():

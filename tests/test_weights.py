@@ -5,7 +5,8 @@ import torch
 from data.config import shapes
 from ssd import build_ssd
 from utils.checkpoint import CheckpointError
-from utils.weights import build_from_weights, channel_order_for, infer_config
+from utils.weights import (build_from_weights, channel_order_for, class_names, infer_config,
+                           read_weights)
 
 
 @pytest.mark.parametrize('name, order', [
@@ -54,3 +55,39 @@ def test_build_from_weights_shapes_checkpoint(tmp_path):
         build_from_weights(p, size=512, dataset='VOC')
     with pytest.raises(CheckpointError, match='no such file'):
         build_from_weights(tmp_path / 'missing.pth')
+
+
+def test_one_path_for_every_kind_of_weight_file(tmp_path):
+    """Weights-only snapshot, full checkpoint with DDP/compile prefixes: the
+    same network, class names and order; one-line errors."""
+    torch.manual_seed(0)
+    sd = build_ssd('train', cfg=shapes, num_classes=6).state_dict()
+    torch.save(sd, tmp_path / 'snap.pth')
+    torch.save({'model': {'module._orig_mod.' + k: v for k, v in sd.items()}, 'optimizer': {},
+                'iteration': 5, 'args': {'dataset': 'shapes'}}, tmp_path / 'checkpoint.pth')
+    for name in ('snap.pth', 'checkpoint.pth'):
+        net, classes, order = build_from_weights(tmp_path / name, top_k=7)
+        assert (net.cfg['name'], net.num_classes, net.phase, order) == ('shapes', 6, 'test', 'RGB')
+        assert classes == ('circle', 'square', 'triangle', 'star', 'cross')
+        assert net.detect.top_k == 7
+        assert torch.equal(net.state_dict()['conf.0.weight'], sd['conf.0.weight'])
+    wf = read_weights(tmp_path / 'checkpoint.pth')
+    assert wf.meta['dataset'] == 'shapes' and build_from_weights(wf).net.num_classes == 6
+    data = (tmp_path / 'snap.pth').read_bytes()
+    (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match='cut.pth: not a readable'):
+        build_from_weights(tmp_path / 'cut.pth')
+    with pytest.raises(CheckpointError, match='snap.pth: its shapes fit none of the models'):
+        build_from_weights(tmp_path / 'snap.pth', dataset='voc', size=300)
+    with pytest.raises(CheckpointError, match=r'snap.pth: does not fit the shapes SSD128 with 21'):
+        build_from_weights(tmp_path / 'snap.pth', num_classes=21)
+
+
+def test_class_names_in_one_place():
+    cfg = dict(shapes, num_classes=6)
+    assert class_names(cfg, 6) == ('circle', 'square', 'triangle', 'star', 'cross')
+    assert class_names(cfg, 6, {'classes': list('abcde')}) == tuple('abcde')
+    assert class_names({'name': 'VOC'}, 21)[0] == 'aeroplane'
+    assert class_names({'name': 'VOC'}, 21, dataset='coco') == class_names({'name': 'VOC'}, 21)
+    assert class_names({'name': 'COCO'}, 81, dataset='COCO')[0] == 'person'
+    assert class_names({'name': 'VOC'}, 4) == ('class1', 'class2', 'class3')

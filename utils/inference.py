@@ -1,9 +1,7 @@
-"""Running a trained SSD on images: model loading and :class:`Predictor`.
-
-``load_model`` builds the right network for a weight file (ssd.pytorch's
-weights, our weights-only snapshots or our full checkpoints) and loads it;
-``Predictor`` turns a list of BGR images into per-image detections in pixels.
-Used by eval.py, test.py, demo/live.py, the notebook and ``make demo``.
+"""Running a trained SSD on images: :class:`Predictor` turns a list of BGR
+images into per-image detections in pixels (:func:`split_detections`).
+Used by eval.py, test.py, demo/live.py, the notebook and ``make demo``; the
+network comes from a weight file through ``utils.weights.build_from_weights``.
 """
 import contextlib
 
@@ -11,8 +9,6 @@ import numpy as np
 import torch
 
 from data.config import MEANS
-from utils.checkpoint import CheckpointError, extract_state_dict, load_file
-
 
 
 def unwrap(net):
@@ -117,61 +113,3 @@ def _check_image(im):
     if im.ndim != 3 or im.shape[2] not in (3, 4):
         raise ValueError(f'expected a BGR image [H, W, 3], got shape {im.shape}')
     return im[:, :, :3]
-
-
-def checkpoint_info(obj):
-    """Metadata a checkpoint may carry: ``args`` (dict) and ``channel_order``."""
-    if not isinstance(obj, dict):
-        return {}
-    args = obj.get('args') if isinstance(obj.get('args'), dict) else {}
-    info = {'args': args}
-    order = obj.get('channel_order') or args.get('channel_order')
-    if order in ('RGB', 'BGR'):
-        info['channel_order'] = order
-    if obj.get('classes') is not None:
-        info['classes'] = obj['classes']
-    return info
-
-
-def read_checkpoint(path):
-    """``(state_dict, meta)`` of a weight file; ``meta`` as
-    :func:`checkpoint_info`. One-line :class:`CheckpointError` when unreadable."""
-    obj = load_file(path)
-    return extract_state_dict(obj, path), checkpoint_info(obj)
-
-
-def build_model(state, meta, path='<weights>', dataset=None, size=None, num_classes=None,
-                device='cpu', phase='test', **detect_kwargs):
-    """Build the SSD whose every shape fits ``state`` and load it.
-
-    The model is chosen by :func:`utils.weights.infer_config`: ``dataset`` and
-    ``size`` (the user's flags) first, then the checkpoint's ``args``, then
-    every known model (SSD300, SSD512, the shapes preset). ``num_classes``, when
-    given, must agree with the file. Returns ``(net, info)``, ``info =
-    dict(channel_order, preset, size, num_classes, classes, args)``; a file that
-    fits nothing is a one-line CheckpointError."""
-    from ssd import build_ssd
-    from utils.weights import channel_order_for, class_names, infer_config
-    args = meta.get('args', {})
-    cfg = infer_config(state, size, dataset, hint=args, path=path)
-    n = cfg['num_classes']
-    if num_classes is not None and int(num_classes) != n:
-        raise CheckpointError(f'{path}: does not fit the {cfg["name"]} SSD{cfg["min_dim"]} '
-                              f'with {num_classes} classes (the file has {n})')
-    net = build_ssd(phase, cfg['min_dim'], n, cfg=cfg, **detect_kwargs)
-    net.load_state_dict(state)
-    # the file is already read: the checkpoint's own order, else the file-name table
-    info = dict(channel_order=channel_order_for(path, meta.get('channel_order'), checkpoint={}),
-                preset='shapes' if cfg['name'] == 'shapes' else 'ssd', size=net.size,
-                num_classes=n, classes=class_names(cfg, n, meta), args=args)
-    return net.to(device), info
-
-
-def load_model(path, dataset=None, size=None, num_classes=None, device='cpu',
-               phase='test', **detect_kwargs):
-    """Read ``path`` (ssd.pytorch weights, our snapshots or full checkpoints)
-    and build the SSD that fits it; see :func:`build_model`. Returns
-    ``(net, info)``."""
-    state, meta = read_checkpoint(path)
-    return build_model(state, meta, path, dataset, size, num_classes, device, phase,
-                       **detect_kwargs)

@@ -19,16 +19,22 @@ Fed RGB, the Caffe-converted file loses about 5 points of VOC07 mAP
 (ssd.pytorch #31 and #321 report 0.7247 RGB against 0.7718 BGR).
 :func:`channel_order_for` applies this table; ``--channel_order`` overrides.
 
-:func:`build_from_weights` also infers the model (SSD300, SSD512, the shapes
-preset; the number of classes) from the state-dict shapes, so that
-``demo/live.py``, ``test.py`` and ``eval.py`` need only the file.
+:func:`build_from_weights` is the one path from a weight file to a ready
+network: it reads the file once (:func:`read_weights`: ``weights_only=True``,
+ssd.pytorch files, our snapshots and full checkpoints, ``module.`` /
+``_orig_mod.`` prefixes removed), infers the model (SSD300, SSD512, the
+shapes preset; the number of classes) from the state-dict shapes, and
+returns the network with its class names and channel order. ``eval.py``,
+``test.py``, ``demo/live.py``, the notebook and ``train.py --resume`` use it,
+so that they need only the file.
 """
 import os
 import re
+from typing import NamedTuple
 
 import torch
 
-from data.config import CONFIGS, config_for
+from data.config import CONFIGS, DATASETS, config_for, dataset_name
 from utils.checkpoint import CheckpointError, extract_state_dict, load_file
 
 CHANNEL_ORDERS = ('RGB', 'BGR')
@@ -39,7 +45,6 @@ _NAME_ORDERS = (
     (re.compile(r'caffe'), 'BGR'),
     (re.compile(r'^ssd300_map_77\.43'), 'RGB'),         # ssd.pytorch, trained in PyTorch
 )
-_DATASETS = ('VOC', 'COCO', 'shapes', 'custom')
 
 
 def _check_order(order, what):
@@ -111,8 +116,7 @@ def num_classes_of(sd, path='<weights>'):
 
 def _candidates(num_classes, size=None, dataset=None):
     """Configs to try, most likely first."""
-    if dataset is not None and dataset not in _DATASETS:
-        raise ValueError(f'--dataset must be one of {", ".join(_DATASETS)}, got {dataset!r}')
+    dataset = None if dataset is None else dataset_name(dataset)
     if dataset == 'shapes':
         return [dict(CONFIGS['shapes'], num_classes=num_classes)]
     sizes = [size] if size else [300, 512]
@@ -123,13 +127,6 @@ def _candidates(num_classes, size=None, dataset=None):
     if dataset is None and size is None:
         out.append(dict(CONFIGS['shapes'], num_classes=num_classes))
     return out
-
-
-def _norm_dataset(dataset):
-    if dataset is None:
-        return None
-    return {'voc': 'VOC', 'coco': 'COCO', 'shapes': 'shapes',
-            'custom': 'custom'}.get(str(dataset).lower(), dataset)
 
 
 def infer_config(sd, size=None, dataset=None, hint=None, path='<weights>'):
@@ -144,7 +141,7 @@ def infer_config(sd, size=None, dataset=None, hint=None, path='<weights>'):
     tries = [(size or hint.get('size'), dataset or hint.get('dataset')), (size, dataset)]
     tried = []
     for s, d in tries:
-        for cfg in _candidates(num_classes, int(s) if s else None, _norm_dataset(d)):
+        for cfg in _candidates(num_classes, int(s) if s else None, d):
             if _meta_state_shapes(cfg, num_classes) == want:
                 return cfg
             tried.append(f"{cfg['name']} at {cfg['min_dim']}")
@@ -153,40 +150,117 @@ def infer_config(sd, size=None, dataset=None, hint=None, path='<weights>'):
                           f'pass --size/--dataset')
 
 
-def class_names(cfg, num_classes, meta=None):
-    """Names without background: the checkpoint's 'classes', else the
-    dataset's (shapes, VOC for 21 classes, COCO for 81), else class1..."""
-    meta = meta or {}
-    names = meta.get('classes')
-    if names is not None and len(names) == num_classes - 1:
-        return tuple(str(n) for n in names)
+def dataset_classes(name, dataset_root=None):
+    """Class names (no background) of a named dataset: VOC, COCO, shapes, or
+    a custom folder's (read from ``dataset_root``); None when unknown."""
     import data
-    for cond, attr in ((cfg.get('name') == 'shapes', 'SHAPES_CLASSES'),
-                       (num_classes == 21, 'VOC_CLASSES'), (num_classes == 81, 'COCO_CLASSES')):
-        names = getattr(data, attr, None)
-        if cond and names is not None and len(names) == num_classes - 1:
-            return tuple(names)
+    name = dataset_name(name)
+    if name == 'custom':
+        if not dataset_root:
+            return None
+        return tuple(data.get_dataset('custom', dataset_root).classes)
+    return tuple({'VOC': data.VOC_CLASSES, 'COCO': data.COCO_CLASSES,
+                  'shapes': data.SHAPES_CLASSES}[name])
+
+
+def class_names(cfg, num_classes, meta=None, dataset=None, dataset_root=None):
+    """Names without background, the first of these that has ``num_classes -
+    1`` names: the checkpoint's 'classes'; the classes of ``dataset`` (else of
+    the checkpoint's dataset; see :func:`dataset_classes`); the shapes classes
+    for the shapes preset, VOC's for 21 classes, COCO's for 81; else
+    class1, class2, ..."""
+    meta = meta or {}
+    want = num_classes - 1
+    names = meta.get('classes')
+    if names is not None and len(names) == want:
+        return tuple(str(n) for n in names)
+    name = dataset or meta.get('dataset')
+    if name is not None and str(name).lower() in {d.lower() for d in DATASETS}:
+        try:
+            names = dataset_classes(name, dataset_root or meta.get('dataset_root'))
+        except (ValueError, OSError):   # a recorded custom root that is not here
+            names = None
+        if names is not None and len(names) == want:
+            return names
+    for cond, named in ((cfg.get('name') == 'shapes', 'shapes'),
+                        (num_classes == 21, 'VOC'), (num_classes == 81, 'COCO')):
+        if cond and len(dataset_classes(named)) == want:
+            return dataset_classes(named)
     return tuple(f'class{i}' for i in range(1, num_classes))
 
 
+class WeightFile(NamedTuple):
+    """A weight file read once: ``obj`` as loaded, ``state`` the model state
+    dict (prefixes removed), ``meta`` the checkpoint's metadata and args
+    (empty for plain state dicts)."""
+    path: str
+    obj: object
+    state: dict
+    meta: dict
+
+
+def read_weights(path):
+    """Read a weight file once (``weights_only=True``): ssd.pytorch weights,
+    our weights-only snapshots or our full checkpoints. One-line
+    :class:`CheckpointError` when it is unreadable or holds no state dict."""
+    path = os.fspath(path)
+    obj = load_file(path)
+    return WeightFile(path, obj, extract_state_dict(obj, path), _metadata(obj))
+
+
+class LoadedModel(NamedTuple):
+    """What :func:`build_from_weights` returns: ``net`` (an SSD in eval mode;
+    ``net.cfg``, ``net.size``, ``net.num_classes`` describe it), ``classes``
+    (names without background) and ``channel_order`` ('RGB' or 'BGR')."""
+    net: torch.nn.Module
+    classes: tuple
+    channel_order: str
+
+
 def build_from_weights(path, phase='test', size=None, dataset=None, channel_order=None,
-                       device='cpu', **detect_kwargs):
+                       device='cpu', num_classes=None, dataset_root=None, **detect_kwargs):
     """Build the network that ``path`` was trained as, and load it.
 
-    Returns ``(net, classes, channel_order)``: the SSD in ``phase`` and eval
-    mode on ``device``; the class names (tuple, no background); 'RGB' or
-    'BGR' (see :func:`channel_order_for`). ``size`` (300/512) and ``dataset``
-    ('VOC', 'COCO', 'shapes', 'custom') override the inference.
+    ``path`` is a file name or a :class:`WeightFile` already read. Returns a
+    :class:`LoadedModel` ``(net, classes, channel_order)``: the SSD in
+    ``phase`` and eval mode on ``device``; the class names (tuple, no
+    background; :func:`class_names`); 'RGB' or 'BGR' (see
+    :func:`channel_order_for`). ``size`` (300/512) and ``dataset`` ('VOC',
+    'COCO', 'shapes', 'custom', any case) override the inference;
+    ``num_classes`` (with background) or a named ``dataset`` whose classes
+    are known must agree with the file. ``detect_kwargs`` go to ``Detect``
+    (``top_k``, ``conf_thresh``, ...).
     Raises :class:`CheckpointError` with a one-line message.
     """
     from ssd import build_ssd
-    obj = load_file(path)
-    sd = extract_state_dict(obj, path)
-    meta = _metadata(obj)
-    cfg = infer_config(sd, size, dataset, hint=meta, path=path)
-    num_classes = cfg['num_classes']
-    net = build_ssd(phase, cfg['min_dim'], num_classes, cfg=cfg, **detect_kwargs)
-    net.load_state_dict(sd)
+    wf = path if isinstance(path, WeightFile) else read_weights(path)
+    dataset = None if dataset is None else dataset_name(dataset)
+    cfg = infer_config(wf.state, size, dataset, hint=wf.meta, path=wf.path)
+    n = cfg['num_classes']
+    known = dataset_classes(dataset, dataset_root) if dataset else None
+    for want, what in ((num_classes, f'{num_classes} classes'),
+                       (len(known) + 1 if known else None, f'the {dataset} classes')):
+        if want is not None and int(want) != n:
+            raise CheckpointError(f'{wf.path}: does not fit the {cfg["name"]} SSD'
+                                  f'{cfg["min_dim"]} with {what} ({int(want)} with background; '
+                                  f'the file has {n})')
+    net = build_ssd(phase, cfg['min_dim'], n, cfg=cfg, **detect_kwargs)
+    net.load_state_dict(wf.state)
     net.to(device).eval()
-    order = channel_order_for(path, channel_order, checkpoint=obj)
-    return net, class_names(cfg, num_classes, meta), order
+    order = channel_order_for(wf.path, channel_order, checkpoint=wf.obj)
+    return LoadedModel(net, class_names(cfg, n, wf.meta, dataset, dataset_root), order)
+
+
+def load_weights(net, weights):
+    """Load a weight file (a path or a :class:`WeightFile`) into the network
+    ``net`` already built (``train.py --resume`` with a weights-only file).
+    Returns the :class:`WeightFile`; a file whose keys or shapes do not fit
+    is a one-line :class:`CheckpointError`."""
+    wf = weights if isinstance(weights, WeightFile) else read_weights(weights)
+    net = getattr(net, 'module', net)
+    try:
+        net.load_state_dict(wf.state)
+    except RuntimeError as e:
+        first = ' '.join(x.strip() for x in str(e).strip().splitlines()[:2])
+        raise CheckpointError(f'{wf.path}: does not fit this model ({first[:300]})') from None
+    return wf

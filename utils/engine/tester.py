@@ -15,25 +15,6 @@ class InputError(ValueError):
     """A missing or unusable input; one line naming it."""
 
 
-def class_names_for(name, num_classes, dataset_root=None):
-    """Class names (no background) for a dataset name; generic ``classK`` when
-    unknown or when they do not fit ``num_classes`` (None: names or None)."""
-    from data import COCO_CLASSES, SHAPES_CLASSES, VOC_CLASSES
-    names = {'voc': VOC_CLASSES, 'coco': COCO_CLASSES, 'shapes': SHAPES_CLASSES}.get(
-        str(name).lower())
-    if names is None and dataset_root:
-        from data import get_dataset
-        try:
-            names = get_dataset('custom', dataset_root).classes
-        except Exception:  # noqa: BLE001 - any unusable root: generic names
-            names = None
-    if num_classes is None:
-        return tuple(names) if names else None
-    if names is None or len(names) != num_classes - 1:
-        names = tuple(f'class{k}' for k in range(1, num_classes))
-    return tuple(names)
-
-
 def collect_inputs(paths):
     """Expand --input into (kind, path) pairs, kind 'image' or 'video';
     folders are searched recursively, sorted. Missing paths raise InputError."""

@@ -17,7 +17,8 @@ from data.config import shapes as SHAPES_CFG
 from layers import MultiBoxLoss
 from ssd import build_ssd
 from utils.training import distributed as D
-from utils.checkpoint import CheckpointError, atomic_save, load_file, load_into
+from utils.checkpoint import CheckpointError, atomic_save, load_into
+from utils.weights import load_weights, read_weights
 from utils.training.logger import TrainLogger, VisdomPlotter, plot_loss_curves
 from data.loader import make_loader, seed_all
 from utils.training.schedule import init_weights, lr_at, make_optimizer, set_lr
@@ -121,7 +122,7 @@ def setup(args, info):
     r.train_ds, r.val_ds, r.cfg = build_datasets(args)
     r.batch = D.per_rank_batch(args.batch_size, info.world_size)
     net = build_ssd('train', r.cfg['min_dim'], r.cfg['num_classes'], cfg=r.cfg)
-    ckpt = load_file(args.resume) if args.resume else None
+    ckpt = read_weights(args.resume) if args.resume else None
     if ckpt is None:
         r.basenet = load_basenet(net, args)
     if args.sync_bn and info.distributed:
@@ -148,8 +149,10 @@ def setup(args, info):
     return r
 
 
-def _resume(r, ckpt):
-    args = r.args
+def _resume(r, weights):
+    """Continue from ``--resume`` (a :class:`~utils.weights.WeightFile`): a
+    full checkpoint exactly, a weights-only file at ``--start_iter``."""
+    args, ckpt = r.args, weights.obj
     if is_full_checkpoint(ckpt):
         if args.start_iter:
             warnings.warn('--start_iter is ignored: the full checkpoint '
@@ -170,7 +173,7 @@ def _resume(r, ckpt):
             seed_all(D.rank_seed(args.seed, r.info.rank) + it)
         r.start_iter = it
     else:                         # ssd.pytorch: weights only, with --start_iter
-        load_into(r.net, args.resume)
+        load_weights(r.net, weights)
         r.start_iter = args.start_iter
 
 
