@@ -1,6 +1,6 @@
 """Core speed benchmark: ``python -m utils.bench.core [--only abc] [--repeats N]``.
 
-Prints the ratios of issue 2 item 8, every contender measured side by side in
+Prints speed ratios, every contender measured side by side in
 one process on the same inputs (warm-up runs, interleaved repeats, median),
 with ``torch.set_num_threads(2)`` unless ``--threads`` says otherwise:
 
