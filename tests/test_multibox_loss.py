@@ -115,3 +115,40 @@ def test_half_precision_inputs_give_float32_loss():
     loc, conf = _predictions()
     ll, lc = _criterion()((loc.bfloat16(), conf.bfloat16(), PRIORS), _targets())
     assert ll.dtype == torch.float32 and torch.isfinite(ll + lc)
+
+
+def test_mining_ranks_correctly_when_logits_spread_by_more_than_100():
+    """One negative prior with a foreground logit of 150 (a confident false
+    positive): ours still mines, in every image, the 3 * num_pos negatives
+    with the largest background loss (computed here in float64).
+    ssd.pytorch's global-max log_sum_exp gives -inf to every other row of
+    the batch, so it mines other negatives."""
+    from layers.box_utils import pad_targets
+    from utils.bench import reference as ref
+    targets = _targets()
+    g = torch.Generator().manual_seed(3)
+    conf = torch.randn(3, PRIORS.shape[0], 5, generator=g) * 3
+    truths, labels, valid = pad_targets(targets)
+    _, conf_t = match(0.5, truths, PRIORS, V, labels, valid=valid)
+    pos = conf_t > 0
+    hot = int((~pos[2]).nonzero()[0])
+    conf[2, hot, 1] = 150.0
+    assert conf.max() - conf.amax(-1).min() > 100
+    num_pos = pos.sum(1, keepdim=True)
+    ours = _criterion()._hard_negatives(conf, pos, num_pos)
+
+    bkg = -F.log_softmax(conf.double(), -1)[..., 0]
+    bkg[pos] = -1
+    expected = torch.zeros_like(pos)
+    for i in range(3):
+        k = 3 * int(num_pos[i])
+        expected[i, bkg[i].argsort(descending=True)[:k]] = True
+    assert torch.equal(ours, expected)
+    assert ours[2, hot]
+    assert int(ours.sum()) == 3 * int(pos.sum())
+
+    lse = ref.log_sum_exp(conf.reshape(-1, 5))
+    assert int(torch.isneginf(lse).sum()) == conf.shape[0] * conf.shape[1] - 1
+    theirs = ref.hard_negatives(conf, conf_t) & ~pos
+    assert theirs[2, hot]
+    assert not torch.equal(theirs, expected)

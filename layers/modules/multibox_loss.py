@@ -17,7 +17,12 @@ class MultiBoxLoss(nn.Module):
     3. Confidence: cross-entropy summed over positives and hard negatives, the
        ``neg_pos`` x num_pos negatives of each image with the largest
        background loss (ranked by a double argsort over one no-grad
-       ``log_softmax``, no loop over images).
+       ``log_softmax``, no loop over images). The ranking is per row, so it
+       stays exact however far apart the logits are: ssd.pytorch's
+       ``log_sum_exp`` subtracts one max over the whole batch, and once the
+       logits spread by more than about 88 (float32 ``exp`` underflow) whole
+       rows get ``-inf`` and are never mined, whatever their real loss
+       (``utils.bench.reference.hard_negatives``; doc/reproduction.md).
     4. ``L(x, c, l, g) = (L_conf + alpha * L_loc) / N`` with ``alpha = 1``.
 
     **Should loss_l and loss_c be divided by N?** Yes. N is the number of
