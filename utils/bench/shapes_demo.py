@@ -2,7 +2,7 @@
 
 ``python -m utils.bench.shapes_demo [--eval_every 100] [--threads 2] [--out runs/bench_shapes]``
 
-Runs ``train.py --dataset shapes`` with the preset's schedule (or the flags
+Trains as ``train.py --dataset shapes`` does, with the preset's schedule (or the flags
 given after ``--``), evaluating the VOC07 mAP on the validation split every
 ``--eval_every`` iterations. The training clock (``train_time_s`` of
 ``metrics.csv``) excludes evaluation and saving. Prints the curve and the
@@ -25,13 +25,18 @@ import time
 
 
 def run(out, eval_every, threads, extra):
-    import train
+    """Train as ``python train.py --dataset shapes ...`` would: the same flag
+    resolution (``utils.engine.run_config``) and the same run
+    (``utils.engine.trainer.run``). Returns (exit code, wall seconds)."""
+    from utils.engine import trainer
+    from utils.engine.cli import run_script
+    from utils.engine.run_config import parse_run_config
     argv = ['--dataset', 'shapes', '--save_folder', out, '--eval_every', str(eval_every),
             '--quiet', '--save_every', '1000000']
     if threads:
         argv += ['--threads', str(threads)]
     t0 = time.perf_counter()
-    rc = train.main(argv + list(extra))
+    rc = run_script('shapes_demo', lambda: trainer.run(parse_run_config(argv + list(extra))))
     return rc, time.perf_counter() - t0
 
 
