@@ -30,7 +30,8 @@ def parse_args(argv=None):
     p.add_argument('--voc_root', default=VOC_ROOT, help='Location of VOC root directory')
     p.add_argument('--cleanup', default=False, type=str2bool,
                    help='Remove the det_<set>_<class>.txt files after evaluation')
-    add_dataset_flag(p, help='Dataset (default: the checkpoint\'s, else VOC)')
+    add_dataset_flag(p, help='Dataset (default: the checkpoint\'s, else shapes when only that '
+                             'preset fits the weights, else VOC)')
     p.add_argument('--dataset_root', default=None,
                    help='Dataset root for COCO / custom (VOC: --voc_root)')
     p.add_argument('--year', default='2007', help='VOC year')

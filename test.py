@@ -28,7 +28,8 @@ def parse_args(argv=None):
     p.add_argument('--input', nargs='+', default=None,
                    help='Images, folders and video files to run on (instead of VOC test)')
     add_dataset_flag(p, help='What the model was trained on (class names, model preset); '
-                             'default: the checkpoint\'s, else VOC')
+                             'default: the checkpoint\'s, else shapes when only that preset '
+                             'fits the weights, else VOC')
     p.add_argument('--dataset_root', default=None, help='Custom dataset root (class names)')
     p.add_argument('--year', default='2007', help='VOC year (without --input)')
     p.add_argument('--set_type', default=None,
@@ -51,14 +52,14 @@ def main(argv=None):
 def run(args):
     """test.py's body: the model from --trained_model (``build_from_weights``),
     then --input pictures and videos, or ``test1.txt`` on the test split."""
-    from data.config import dataset_name, eval_splits
+    from data.config import eval_splits
     from utils.engine.cli import select_device
     from utils.engine.tester import run_inputs, write_test1
     from utils.inference import Predictor
-    from utils.weights import build_from_weights, read_weights
-    weights = read_weights(args.trained_model)
-    name = dataset_name(args.dataset or weights.meta.get('dataset') or 'VOC')
+    from utils.weights import build_from_weights, dataset_of, read_weights
     device = select_device(args.cuda)
+    weights = read_weights(args.trained_model)
+    name = args.dataset or dataset_of(weights)
     net, names, order = build_from_weights(
         weights, size=args.size, dataset=args.dataset, dataset_root=args.dataset_root,
         channel_order='BGR' if args.bgr else args.channel_order, device=device,

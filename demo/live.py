@@ -178,15 +178,15 @@ def main(argv=None):
 
 
 def _main(args):
+    from utils.engine.cli import select_device
+    device = select_device(args.cuda)
     if args.weights is None:
         args.weights = next((w for w in DEFAULT_WEIGHTS if os.path.isfile(w)), None)
         if args.weights is None:
             raise OSError(f'no weights given and none of {", ".join(DEFAULT_WEIGHTS)} '
                           'present: pass --weights (see weights/README.md)')
-    from utils.engine.cli import select_device
     from utils.inference import Predictor
     from utils.weights import build_from_weights
-    device = select_device(args.cuda)
     source = int(args.source) if args.source.isdigit() else args.source
     if isinstance(source, str) and not os.path.exists(source) and '://' not in source:
         raise OSError(f'--source {source}: no such file')

@@ -208,6 +208,22 @@ def read_weights(path):
     return WeightFile(path, obj, extract_state_dict(obj, path), _metadata(obj))
 
 
+def dataset_of(weights, default='VOC'):
+    """The dataset a weight file (:class:`WeightFile`) was trained on: the
+    checkpoint's ``dataset``; else 'shapes' when only the shapes preset fits
+    its shapes, 'COCO' for 81 classes, ``default`` otherwise."""
+    name = weights.meta.get('dataset')
+    if name:
+        return dataset_name(name)
+    try:
+        cfg = infer_config(weights.state, path=weights.path)
+    except CheckpointError:
+        return default
+    if cfg['name'] == 'shapes':
+        return 'shapes'
+    return 'COCO' if cfg['num_classes'] == 81 else default
+
+
 class LoadedModel(NamedTuple):
     """What :func:`build_from_weights` returns: ``net`` (an SSD in eval mode;
     ``net.cfg``, ``net.size``, ``net.num_classes`` describe it), ``classes``

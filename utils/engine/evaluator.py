@@ -33,12 +33,13 @@ def open_dataset(name, args):
                 raise
 
 
-def resolve_dataset(args, meta):
-    """--dataset, else the checkpoint's args['dataset'], else VOC (one
-    spelling: ``data.config.dataset_name``)."""
-    name = args.dataset or meta.get('dataset') or 'VOC'
+def resolve_dataset(args, weights=None):
+    """--dataset, else the one the weights were trained on (``weights``: a
+    ``utils.weights.WeightFile``; see ``dataset_of``), else VOC (one spelling:
+    ``data.config.dataset_name``)."""
+    from utils.weights import dataset_of
     try:
-        return dataset_name(name)
+        return dataset_name(args.dataset or (dataset_of(weights) if weights else 'VOC'))
     except ValueError as e:
         raise EvalInputError(str(e)) from None
 
@@ -47,11 +48,11 @@ def evaluate_network(args, metrics):
     """Run the network of --trained_model over the dataset; return
     (results, dets, gt, set name)."""
     from utils.weights import build_from_weights, read_weights
+    device = select_device(args.cuda)
     weights = read_weights(args.trained_model)
-    name = resolve_dataset(args, weights.meta)
+    name = resolve_dataset(args, weights)
     dataset, split = open_dataset(name, args)
     num_classes = len(dataset.classes) + 1
-    device = select_device(args.cuda)
     net, _, order = build_from_weights(weights, size=args.size, dataset=args.dataset,
                                        num_classes=num_classes, device=device,
                                        channel_order='BGR' if args.bgr else args.channel_order)
@@ -85,7 +86,7 @@ def evaluate_files(args, metrics):
         dets = dets_from_results(read_results(path), img_ids, cat_ids, path)
         return (evaluate_detections(dets, gt, metrics, (coco_gt, img_ids, cat_ids)), dets, gt,
                 os.path.splitext(os.path.basename(path))[0])
-    name = resolve_dataset(args, {})
+    name = resolve_dataset(args)
     key = name.lower()
     if key == 'voc':
         from data import VOC_CLASSES
