@@ -397,5 +397,5 @@ def train_loop(net, dataset, num_classes, batch_size=32, lr=1e-3, momentum=0.9,
         loss = loss_l + loss_c
         loss.backward()
         optimizer.step()
-        history.append((optimizer.param_groups[0]['lr'], float(loss_l), float(loss_c)))
+        history.append((optimizer.param_groups[0]['lr'], loss_l.item(), loss_c.item()))
     return history
