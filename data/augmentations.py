@@ -50,7 +50,8 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ['BaseTransform', 'SSDAugmentation', 'photometric_distort',
+__all__ = ['BaseTransform', 'SSDAugmentation', 'train_transform', 'AUGMENTS',
+           'photometric_distort',
            'sample_patch', 'crop_boxes', 'MIN_IOUS']
 
 MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -287,3 +288,27 @@ class SSDAugmentation:
                               flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT,
                               borderValue=fill)
+
+
+#: ``train.py --augment`` values (see :func:`train_transform`).
+AUGMENTS = ('ssd', 'shapes', 'none')
+
+
+def train_transform(kind, size, mean):
+    """The training transform that ``train.py --augment KIND`` names:
+
+    ``ssd``    the paper's full :class:`SSDAugmentation` (VOC, COCO, custom);
+    ``shapes`` the shapes preset's milder one (``data.config.shapes['augment']``:
+               mirror only);
+    ``none``   ssd.pytorch's :class:`BaseTransform` (resize to ``size x size``,
+               minus ``mean``; the datasets then swap BGR to RGB), for
+               ablations and the recipe check (doc/reproduction.md).
+    """
+    if kind == 'none':
+        return BaseTransform(size, mean)
+    if kind == 'shapes':
+        from .config import shapes
+        return SSDAugmentation(size, mean, **shapes.get('augment', {}))
+    if kind == 'ssd':
+        return SSDAugmentation(size, mean)
+    raise ValueError(f"--augment must be one of {', '.join(AUGMENTS)}, got {kind!r}")
