@@ -15,14 +15,20 @@ message starts with the file.
   - ``<difficult>``: ``1``/``true``/``yes`` (any case) is difficult,
     ``0``/``false``/``no``, empty or absent is not; anything else is an error.
 * Split files (``read_split``): ``ImageSets/Main/<set>.txt``, the first
-  column of each line; an id that would leave the dataset root is refused.
+  column of each line; an id that would leave the dataset root is refused,
+  and a split without ids is an error.
 * YOLO txt (``parse_yolo_labels``): ``class cx cy w h`` lines, normalised.
 * COCO JSON (``read_coco_json``: ``load_coco_json`` + ``validate_coco``;
   an annotation of an unknown category is an error, not dropped) and the
   one rule that turns an image's ``file_name`` into a path
   (``coco_image_path``).
+
+A box coordinate that is NaN or infinite (``<xmin>nan</xmin>``, a YOLO
+``inf``, a COCO ``bbox`` with ``NaN``) is an error in every format, as is a
+COCO file without images.
 """
 import json
+import math
 import os.path as osp
 import warnings
 from typing import NamedTuple, Optional, Tuple
@@ -36,7 +42,8 @@ from .base import DatasetError, safe_join
 __all__ = ['class_label', 'parse_difficult', 'load_xml', 'voc_object',
            'voc_objects', 'voc_size', 'read_voc_xml', 'VocAnnotation',
            'read_split', 'parse_yolo_labels', 'load_coco_json',
-           'validate_coco', 'read_coco_json', 'coco_image_path']
+           'validate_coco', 'read_coco_json', 'coco_image_path', 'bbox_problem',
+           'is_number']
 
 DIFFICULT_TRUE = ('1', 'true', 'yes')
 DIFFICULT_FALSE = ('0', 'false', 'no', '')
@@ -90,10 +97,14 @@ def _number(node, tag, path, what):
     if el is None or el.text is None or not el.text.strip():
         raise DatasetError(f'{path}: missing <{tag}> in {what}')
     try:
-        return float(el.text)
+        v = float(el.text)
     except ValueError:
         raise DatasetError(f'{path}: <{tag}> in {what} is not a number: '
                            f'{el.text.strip()!r}') from None
+    if not math.isfinite(v):
+        raise DatasetError(f'{path}: <{tag}> in {what} is not a finite '
+                           f'number: {el.text.strip()!r}')
+    return v
 
 
 def voc_object(obj, k, class_to_ind, path):
@@ -162,7 +173,8 @@ def read_split(path, root, skip_bad=False, on_bad=None):
     column of each non-empty line). An id whose annotation path would leave
     ``root`` is refused: a DatasetError naming the file and line, or, with
     ``on_bad(message)``, passed to it and dropped; ``skip_bad`` drops it
-    with a warning."""
+    with a warning. A split without any id is a DatasetError: nothing to
+    train on, check or score."""
     try:
         with open(path, encoding='utf-8') as f:
             lines = f.read().splitlines()
@@ -188,6 +200,8 @@ def read_split(path, root, skip_bad=False, on_bad=None):
                 raise DatasetError(msg) from None
             continue
         ids.append(name)
+    if not ids:
+        raise DatasetError(f'{path}: empty split (no image ids)')
     return ids
 
 
@@ -214,6 +228,9 @@ def parse_yolo_labels(path, num_classes):
         except ValueError:
             raise DatasetError(f'{path}: line {n}: expected "class cx cy w h",'
                                f' got {line.strip()!r}') from None
+        if not all(map(math.isfinite, v + [c])):
+            raise DatasetError(f'{path}: line {n}: not a finite number in '
+                               f'{line.strip()!r}')
         if c != int(c) or not 0 <= c < num_classes:
             raise DatasetError(f'{path}: line {n}: unknown class {f[0]} '
                                f'({num_classes} classes)')
@@ -239,9 +256,22 @@ def load_coco_json(path):
             from None
 
 
-def _is_box(b):
-    return (isinstance(b, (list, tuple)) and len(b) == 4
-            and all(isinstance(v, (int, float)) for v in b))
+def is_number(v):
+    """A JSON number that is finite (not a bool, not NaN or Infinity)."""
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v))
+
+
+def bbox_problem(b):
+    """Why a COCO ``bbox`` is unusable, or None: it must be a list of four
+    finite numbers."""
+    if not (isinstance(b, (list, tuple)) and len(b) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                    for v in b)):
+        return 'missing or malformed bbox'
+    if not all(map(math.isfinite, b)):
+        return f'bbox has a non-finite number {list(b)}'
+    return None
 
 
 def validate_coco(d, path):
@@ -254,13 +284,20 @@ def validate_coco(d, path):
     for key in ('images', 'annotations', 'categories'):
         if not isinstance(d.get(key), list):
             raise DatasetError(f'{path}: missing or invalid "{key}" list')
+    if not d['images']:
+        raise DatasetError(f'{path}: no images (the "images" list is empty)')
     problems, bad = [], set()
     img_ids = set()
     for k, im in enumerate(d['images']):
         if not isinstance(im, dict) or 'id' not in im or 'file_name' not in im:
             problems.append((path, f'images[{k}] lacks id or file_name'))
-        else:
-            img_ids.add(im['id'])
+            continue
+        img_ids.add(im['id'])
+        for key in ('width', 'height'):
+            if im.get(key) is not None and not is_number(im[key]):
+                problems.append((path, f'images[{k}]: {key} is not a finite '
+                                 f'number: {im[key]!r}'))
+                bad.add(im['id'])
     cat_ids = {c.get('id') for c in d['categories'] if isinstance(c, dict)}
     for k, a in enumerate(d['annotations']):
         where = f'annotations[{k}]'
@@ -273,8 +310,8 @@ def validate_coco(d, path):
             continue
         if a.get('category_id') not in cat_ids:
             msg = f'{where}: unknown class (category_id {a.get("category_id")!r})'
-        elif not _is_box(a.get('bbox')):
-            msg = f'{where}: missing or malformed bbox'
+        elif bbox_problem(a.get('bbox')):
+            msg = f'{where}: {bbox_problem(a.get("bbox"))}'
         else:
             continue
         problems.append((path, msg))

@@ -18,6 +18,10 @@ pixel coordinates of the original image (VOC's 1-based XML numbers minus
 one, as ssd.pytorch's ``pull_anno``).
 """
 import os
+import re
+import sys
+import tempfile
+import threading
 import warnings
 
 import cv2
@@ -25,8 +29,8 @@ import numpy as np
 import torch
 import torch.utils.data as data
 
-__all__ = ['DatasetError', 'DetectionDataset', 'read_image', 'check_image',
-           'safe_join', 'clip_boxes', 'make_gt', 'IMAGE_EXTS', 'find_image']
+__all__ = ['DatasetError', 'DetectionDataset', 'read_image', 'decode_image',
+           'check_image', 'safe_join', 'clip_boxes', 'make_gt', 'IMAGE_EXTS', 'find_image']
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
 
@@ -81,9 +85,78 @@ def check_image(path, buf=None):
     return None
 
 
+# The one decoding policy (loaders, data.check, test.py). libjpeg and libpng
+# report damaged data as text on the process's stderr, without a file name,
+# and still return an image. ``decode_image`` catches that text: a message
+# about corrupt data ("Corrupt JPEG data: ...", "Premature end of JPEG
+# file", "Invalid SOS ...", "Inconsistent progression ...", libpng errors)
+# makes the image bad input (a DatasetError naming the file); any other
+# decoder message becomes a Python warning naming the file. The cost is four
+# system calls per image (fd 2 is pointed at a per-process scratch file
+# around cv2.imdecode); threads of one process decode one at a time.
+_CORRUPT = re.compile(r'corrupt|premature|invalid|inconsistent|bogus|'
+                      r'libpng error|crc error', re.I)
+_capture = {'pid': None, 'fd': None}
+_capture_lock = threading.Lock()
+
+
+def _scratch_fd():
+    """This process's scratch file for the decoder's stderr (a new one after
+    a fork: DataLoader workers must not share one)."""
+    if _capture['pid'] != os.getpid():
+        f = tempfile.TemporaryFile()
+        _capture['fd'], _capture['pid'], _capture['file'] = f.fileno(), \
+            os.getpid(), f
+    return _capture['fd']
+
+
+def _imdecode_capturing(buf):
+    """cv2.imdecode(buf) -> (image or None, what the decoder wrote to fd 2
+    meanwhile). Falls back to a plain decode where fd 2 cannot be moved."""
+    with _capture_lock:
+        try:
+            fd = _scratch_fd()
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            return cv2.imdecode(buf, cv2.IMREAD_COLOR), ''
+        try:
+            os.dup2(fd, 2)
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        n = os.fstat(fd).st_size
+        if not n:
+            return img, ''
+        text = os.pread(fd, n, 0).decode('utf-8', 'replace')
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return img, text
+
+
+def decode_image(buf, path):
+    """Decode an encoded image (uint8 numpy buffer) to BGR uint8 under the
+    decoding policy above; ``path`` is the file named in errors and
+    warnings."""
+    img, text = _imdecode_capturing(buf)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    corrupt = [ln for ln in lines if _CORRUPT.search(ln)]
+    if corrupt:
+        raise DatasetError(f'{path}: corrupt image data (decoder: '
+                           f'{corrupt[0]})')
+    for ln in lines:
+        warnings.warn(f'{path}: decoder warning: {ln}', stacklevel=3)
+    if img is None:
+        raise DatasetError(f'{path}: unreadable image (not a decodable '
+                           'JPEG/PNG/BMP)')
+    return img
+
+
 def read_image(path):
-    """Read a BGR uint8 image; raise DatasetError (one line) when it is
-    missing, unreadable or truncated."""
+    """Read a BGR uint8 image; raise DatasetError (one line naming the file)
+    when it is missing, unreadable, truncated or corrupt (see
+    ``decode_image``)."""
     try:
         buf = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
@@ -94,11 +167,7 @@ def read_image(path):
                           buf[:8].tobytes() + buf[-1024:].tobytes())
     if problem:
         raise DatasetError(f'{path}: {problem}')
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if img is None:
-        raise DatasetError(f'{path}: unreadable image (not a decodable '
-                           'JPEG/PNG/BMP)')
-    return img
+    return decode_image(buf, path)
 
 
 def clip_boxes(boxes, width, height):
@@ -150,6 +219,16 @@ class DetectionDataset(data.Dataset):
 
     def _file(self, index):
         return str(self.ids[index])
+
+    @property
+    def source(self):
+        """What error messages about the whole set name (its split file,
+        annotation file or folder); the dataset's name by default."""
+        return getattr(self, '_source', None) or self.name
+
+    @source.setter
+    def source(self, value):
+        self._source = value
 
     def load_target(self, index, width, height):
         """Training target [n, 5] float32: normalised boxes + 0-based label.

@@ -8,7 +8,10 @@ statistics), then every problem on its own line naming the file, then the
 warnings. Problems: an unreadable or truncated image, malformed XML or JSON
 or missing fields, a missing image or annotation, an unknown class, a
 ``<difficult>`` other than 0/1, false/true, no/yes, a path that leaves the
-root, XML entity expansion. Annotations are read by ``data.annotations``,
+root, XML entity expansion, a box coordinate that is NaN or infinite, an
+empty split (or a COCO file without images), a dataset with no object to
+score (none, or every one difficult/crowd), an image the decoder calls
+corrupt (``data.base.decode_image``; its other messages are warnings). Annotations are read by ``data.annotations``,
 the reader the loaders and the evaluator use. Warnings (counted; the loaders
 clip the box or drop it): a box outside the image, a box of zero area.
 Exit status 1 when there is any problem, else 0.
@@ -113,6 +116,12 @@ def check_dataset(root, fmt, year=None, split=None, decode=True,
     except Exception as e:      # a case no check foresaw: still one line
         report.problem(root, f'unexpected {type(e).__name__} while checking: '
                        f'{e}')
+    if not report.problems:     # nothing else explains an empty result
+        if not report.images:
+            report.problem(root, 'no images (every split is empty)')
+        elif report.objects == report.difficult:
+            report.problem(root, f'no objects to score in {report.images} '
+                           f'images ({report.difficult} difficult/crowd)')
     return report
 
 

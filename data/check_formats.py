@@ -5,65 +5,50 @@ Each ``check_<format>(report, root, year, split, decode, classes)`` fills a
 import glob
 import os
 import os.path as osp
-import sys
-import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 
-from .base import DatasetError, IMAGE_EXTS, check_image, find_image
-from .annotations import (coco_image_path, load_coco_json, load_xml,
-                          parse_yolo_labels, read_split, validate_coco,
-                          voc_object, voc_size)
+from .base import DatasetError, IMAGE_EXTS, check_image, find_image, \
+    read_image
+from .annotations import (bbox_problem, coco_image_path, load_coco_json,
+                          load_xml, parse_yolo_labels, read_split,
+                          validate_coco, voc_object, voc_size)
 from .custom import find_classes_file, read_classes
 from .voc0712 import VOC_CLASSES
 
 __all__ = ['check_voc', 'check_coco', 'check_yolo', 'image_problem']
 
 
-def image_problem(path, decode=True):
-    """(problem or None, (width, height) or None) for an image file."""
-    try:
-        with open(path, 'rb') as f:
-            buf = f.read()
-    except FileNotFoundError:
-        return 'missing image', None
-    except OSError as e:
-        return f'unreadable image ({e.strerror or e})', None
-    problem = check_image(path, buf)
-    if problem or not decode:
-        return problem, None
-    img, messages = _decode_capturing_stderr(buf)
+def image_problem(path, decode=True, report=None):
+    """(problem or None, (width, height) or None) for an image file: the
+    loaders' reader (``data.base.read_image``, its decoding policy
+    included), or without ``decode`` only whether the file is complete.
+    The decoder's warnings go to ``report`` (each naming the file)."""
+    if not decode:
+        return check_image(path), None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        try:
+            img = read_image(path)
+        except DatasetError as e:
+            msg, img = str(e), None
+    if report is not None:
+        for w in caught:
+            report.warning(path, str(w.message).replace(f'{path}: ', '', 1))
     if img is None:
-        return 'unreadable image (cannot be decoded)', None
-    if 'corrupt' in messages.lower() or 'premature' in messages.lower():
-        first = messages.strip().splitlines()[0]
-        return f'corrupt image data (decoder: {first})', None
+        return (msg[len(str(path)) + 2:] if msg.startswith(f'{path}: ')
+                else msg), None
     return None, (img.shape[1], img.shape[0])
 
 
-def _decode_capturing_stderr(buf):
-    """cv2.imdecode, returning (image or None, what libjpeg/libpng wrote to
-    the process's stderr meanwhile: their warnings about corrupt data)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        tmp.seek(0)
-        return img, tmp.read().decode('utf-8', 'replace')
-
-
-def _images(paths, decode):
+def _images(paths, decode, report=None):
     """image_problem over many files. Decoding runs in this thread, one
-    image at a time, because the decoder's warnings are read from fd 2."""
+    image at a time (the decoder's messages are read from fd 2, see
+    ``data.base.decode_image``); checks without decoding run in threads."""
     if decode:
-        return [image_problem(p, True) for p in paths]
+        return [image_problem(p, True, report) for p in paths]
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as ex:
         return list(ex.map(lambda p: image_problem(p, False), paths))
 
@@ -142,7 +127,7 @@ def check_voc(report, root, year=None, split=None, decode=True, classes=None):
         report.images += len(ids)
         paths = [find_image(osp.join(d, 'JPEGImages'), i) for i in ids]
         if osp.isdir(osp.join(d, 'JPEGImages')):
-            results = _images(paths, decode)
+            results = _images(paths, decode, report)
         else:       # annotations only (e.g. the devkit's annotation tarball)
             report.warning(d, 'no JPEGImages/ folder: images not checked')
             results = [(None, None)] * len(ids)
@@ -201,7 +186,7 @@ def check_coco(report, root, year=None, split=None, decode=True,
                 paths.append(None)
         sizes = {}
         ok = [p for p in paths if p]
-        for p, (prob, size) in zip(ok, _images(ok, decode)):
+        for p, (prob, size) in zip(ok, _images(ok, decode, report)):
             if prob:
                 report.problem(p, prob)
         for im in imgs:
@@ -215,8 +200,7 @@ def _coco_objects(report, ann, anns, cats, sizes):
                 or a.get('image_id') not in sizes:
             continue
         b = a.get('bbox')
-        if not (isinstance(b, list) and len(b) == 4 and
-                all(isinstance(v, (int, float)) for v in b)):
+        if bbox_problem(b):       # a problem already (validate_coco)
             continue
         w, h = sizes[a['image_id']]
         name = cats[a['category_id']]
@@ -252,6 +236,8 @@ def _check_yolo_split(report, img_dir, lab_dir, names, decode):
         return
     imgs = sorted(n for n in os.listdir(img_dir)
                   if n.lower().endswith(IMAGE_EXTS))
+    if not imgs:
+        report.problem(img_dir, 'no images (empty split)')
     stems = {osp.splitext(n)[0] for n in imgs}
     if osp.isdir(lab_dir):
         for lab in sorted(os.listdir(lab_dir)):
@@ -260,7 +246,7 @@ def _check_yolo_split(report, img_dir, lab_dir, names, decode):
                                '(label file without an image)')
     report.images += len(imgs)
     paths = [osp.join(img_dir, n) for n in imgs]
-    for n, p, (prob, size) in zip(imgs, paths, _images(paths, decode)):
+    for n, p, (prob, size) in zip(imgs, paths, _images(paths, decode, report)):
         if prob:
             report.problem(p, prob)
         if names is None:

@@ -119,6 +119,7 @@ class COCODetection(DetectionDataset):
         d, bad = read_coco_json(self.ann_file, skip_bad)
         self.coco = COCO()
         self.coco.dataset = d
+        self.coco.ann_file = self.source = self.ann_file
         with contextlib.redirect_stdout(io.StringIO()):
             self.coco.createIndex()
         cats = sorted(self.coco.cats.values(), key=lambda c: c['id'])

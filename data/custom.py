@@ -78,6 +78,9 @@ class CustomDetection(VOCDetection):
             xmls = sorted(glob.glob(osp.join(glob.escape(root), 'Annotations',
                                              '*.xml')))
             self.ids = [(root, osp.splitext(osp.basename(p))[0]) for p in xmls]
+            if not self.ids:
+                raise DatasetError(f'{osp.join(root, "Annotations")}: no '
+                                   'annotation files (*.xml)')
         self.image_set = image_set
 
 
@@ -110,6 +113,7 @@ class YOLODetection(DetectionDataset):
         self.name = dataset_name or osp.basename(osp.normpath(self.root))
         self.img_dir, self.lab_dir, self.ids = yolo_files(self.root,
                                                           image_set)
+        self.source = self.img_dir
         self._sizes = {}
 
     def _file(self, index):

@@ -102,13 +102,16 @@ class VOCDetection(DetectionDataset):
         self.name = dataset_name
         self._annopath = osp.join('%s', 'Annotations', '%s.xml')
         self._imgpath = osp.join('%s', 'JPEGImages', '%s.jpg')
-        self.ids = []
+        self.ids, split_files = [], []
         for year, split in image_sets:
             rootpath = osp.join(self.root, 'VOC' + str(year)) if year \
                 else self.root
             split_file = osp.join(rootpath, 'ImageSets', 'Main', split + '.txt')
             self.ids += [(rootpath, i) for i in read_split(
                 split_file, rootpath, skip_bad)]
+            split_files.append(split_file)
+        self.source = ' + '.join(split_files) or osp.join(self.root,
+                                                         'Annotations')
         if skip_bad:
             self._prescan()
 
