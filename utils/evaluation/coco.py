@@ -79,11 +79,21 @@ def write_results(results, path):
 
 
 def read_results(path):
-    """Read and check a COCO results JSON (one-line errors naming the file)."""
+    """Read and check a COCO results JSON (one-line errors naming the file,
+    and the entry for a bad detection: a missing key, a score or box number
+    that is not a finite number, NaN and Infinity included)."""
+    from data.annotations import bbox_problem, is_number
     try:
-        with open(path, 'rt') as f:
-            res = json.load(f)
-    except (OSError, ValueError) as e:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError as e:
+        raise EvalInputError(f'{path}: unreadable COCO results JSON ({e.strerror or e})') \
+            from None
+    try:
+        res = json.loads(data.decode('utf-8'))
+    except UnicodeError:
+        raise EvalInputError(f'{path}: not a COCO results JSON (binary data)') from None
+    except ValueError as e:
         raise EvalInputError(f'{path}: not a readable COCO results JSON ({e})') from None
     if not isinstance(res, list):
         raise EvalInputError(f'{path}: a COCO results JSON is a list of detections')
@@ -92,6 +102,11 @@ def read_results(path):
                 and isinstance(r['bbox'], list) and len(r['bbox']) == 4):
             raise EvalInputError(f'{path}: entry {k} is not '
                                  '{"image_id", "category_id", "bbox": [x, y, w, h], "score"}')
+        if not is_number(r['score']):
+            why = 'finite number' if isinstance(r['score'], float) else 'number'
+            raise EvalInputError(f'{path}: entry {k}: score {r["score"]!r} is not a {why}')
+        if bbox_problem(r['bbox']):
+            raise EvalInputError(f'{path}: entry {k}: {bbox_problem(r["bbox"])}')
     return res
 
 
@@ -144,6 +159,7 @@ def load_coco_gt(ann_file):
     d, _ = read_coco_json(ann_file)
     coco = COCO()
     coco.dataset = d
+    coco.ann_file = str(ann_file)       # named by gt_from_coco's errors
     with _quiet():
         coco.createIndex()
     return coco
@@ -167,7 +183,9 @@ def gt_from_coco(coco):
                             difficult=[bool(a.get('iscrowd', 0)) for a in anns],
                             width=info.get('width', 0), height=info.get('height', 0)))
     names = tuple(coco.cats[c].get('name', str(c)) for c in cat_ids)
-    return GroundTruth.from_records([str(i) for i in img_ids], names, records), img_ids, cat_ids
+    return GroundTruth.from_records([str(i) for i in img_ids], names, records,
+                                    getattr(coco, 'ann_file', 'COCO ground truth')), \
+        img_ids, cat_ids
 
 
 def dets_from_results(results, img_ids, cat_ids, path='results'):

@@ -51,7 +51,8 @@ class GroundTruth:
     """All objects of a set, difficult ones included. ``img`` int64 [G];
     ``labels`` int64 [G] 0-based; ``boxes`` float64 [G, 4] 1-based devkit
     pixels; ``difficult`` bool [G]; ``sizes`` int64 [I, 2] (width, height),
-    0 where unknown."""
+    0 where unknown; ``source`` the file or set named in errors (split file,
+    instances JSON)."""
     image_ids: list
     class_names: tuple
     img: np.ndarray
@@ -59,9 +60,10 @@ class GroundTruth:
     boxes: np.ndarray
     difficult: np.ndarray
     sizes: np.ndarray = field(default=None)
+    source: str = 'ground truth'
 
     @classmethod
-    def from_records(cls, image_ids, class_names, records):
+    def from_records(cls, image_ids, class_names, records, source='ground truth'):
         """``records[i]`` = dict(boxes [n, 4] devkit coords, labels [n],
         difficult [n], width, height) for image ``image_ids[i]``."""
         n = [len(r['labels']) for r in records]
@@ -70,7 +72,19 @@ class GroundTruth:
                    _cat(records, 'labels', np.int64), _cat(records, 'boxes', np.float64, 4),
                    _cat(records, 'difficult', bool),
                    np.array([[r.get('width', 0), r.get('height', 0)] for r in records],
-                            np.int64).reshape(-1, 2))
+                            np.int64).reshape(-1, 2), str(source))
+
+    def require_scorable(self):
+        """The metric stage's check: an evaluation set without images, or
+        without one object to score (none, or every one difficult / crowd),
+        is an EvalInputError naming ``source``, never a silent mAP of 0."""
+        if not self.image_ids:
+            raise EvalInputError(f'{self.source}: no images to evaluate (empty set)')
+        if not (~self.difficult).any():
+            raise EvalInputError(
+                f'{self.source}: no objects to score in {len(self.image_ids)} images '
+                f'({int(self.difficult.sum())} difficult/crowd, which no metric counts)')
+        return self
 
 
 def _cat(records, key, dtype, width=None):
@@ -125,7 +139,9 @@ def find_devkit_files(folder, class_names, set_type=None):
 def read_devkit(folder, class_names, image_ids, set_type=None):
     """Read per-class devkit files (from any tool) into :class:`Detections`,
     keeping each file's line order. A class without a file has no detections.
-    Unknown image ids and malformed lines are one-line errors."""
+    Unknown image ids, malformed lines, a score or coordinate that is not a
+    finite number (NaN, inf) and a binary file are one-line errors naming the
+    file (and line)."""
     files = find_devkit_files(folder, class_names, set_type)
     index = {k: i for i, k in enumerate(image_ids)}
     parts = []
@@ -138,24 +154,55 @@ def read_devkit(folder, class_names, image_ids, set_type=None):
     return Detections(list(image_ids), img, lab, sc, bx.reshape(-1, 4))
 
 
+FIELDS = ('score', 'x1', 'y1', 'x2', 'y2')
+
+
+def _text_lines(path):
+    """The lines of a text detection file; a binary or non-UTF-8 file is a
+    one-line error naming it."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError as e:
+        raise EvalInputError(f'{path}: unreadable detection file ({e.strerror or e})') from None
+    try:
+        if b'\x00' in data:
+            raise UnicodeError
+        return data.decode('utf-8').split('\n')
+    except UnicodeError:
+        raise EvalInputError(f'{path}: not a text detection file (binary data)') from None
+
+
 def _read_one(path, label, index):
-    img, rows = [], []
-    with open(path, 'rt') as f:
-        for n, line in enumerate(f, 1):
-            tok = line.split()
-            if not tok:
-                continue
-            if len(tok) != 6:
-                raise EvalInputError(f'{path}:{n}: expected "<image_id> <score> <x1> <y1> '
-                                     f'<x2> <y2>", got {line.strip()[:80]!r}')
-            if tok[0] not in index:
-                raise EvalInputError(f'{path}:{n}: image {tok[0]!r} is not in the image set')
-            img.append(index[tok[0]])
-            rows.append(tok[1:])
+    img, rows, line_no = [], [], []
+    for n, line in enumerate(_text_lines(path), 1):
+        tok = line.split()
+        if not tok:
+            continue
+        if len(tok) != 6:
+            raise EvalInputError(f'{path}:{n}: expected "<image_id> <score> <x1> <y1> '
+                                 f'<x2> <y2>", got {line.strip()[:80]!r}')
+        if tok[0] not in index:
+            raise EvalInputError(f'{path}:{n}: image {tok[0]!r} is not in the image set')
+        img.append(index[tok[0]])
+        rows.append(tok[1:])
+        line_no.append(n)
     try:
         v = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
-    except ValueError as e:
-        raise EvalInputError(f'{path}: a score or coordinate is not a number ({e})') from None
+        bad = np.flatnonzero(~np.isfinite(v).all(1))
+    except ValueError:
+        v, bad = None, range(len(rows))
+    for k in bad:          # the first bad line: not a number, NaN or infinite
+        for name, t in zip(FIELDS, rows[k]):
+            try:
+                ok = np.isfinite(float(t))
+                why = 'is not a finite number'
+            except ValueError:
+                ok, why = False, 'is not a number'
+            if not ok:
+                raise EvalInputError(f'{path}:{line_no[k]}: {name} {t[:40]!r} {why}')
+    if v is None:
+        raise EvalInputError(f'{path}: a score or coordinate is not a number')
     return (np.asarray(img, np.int64), np.full(len(img), label, np.int64), v[:, 0], v[:, 1:])
 
 
@@ -181,4 +228,5 @@ def load_voc_gt(voc_root, year, set_type, class_names, image_ids=None):
     class_index = {n: i for i, n in enumerate(class_names)}
     records = [voc_record(read_voc_xml(os.path.join(base, 'Annotations', f'{i}.xml'), class_index))
                for i in image_ids]
-    return GroundTruth.from_records(image_ids, class_names, records)
+    return GroundTruth.from_records(image_ids, class_names, records,
+                                    os.path.join(base, 'ImageSets', 'Main', f'{set_type}.txt'))

@@ -128,7 +128,8 @@ def ground_truth(dataset, indices=None):
         records.append(dict(boxes=np.asarray(g['boxes'], np.float64).reshape(-1, 4) + 1.0,
                             labels=g['labels'], difficult=g['difficult'],
                             width=g['width'], height=g['height']))
-    return GroundTruth.from_records(image_ids(dataset, indices), tuple(dataset.classes), records)
+    return GroundTruth.from_records(image_ids(dataset, indices), tuple(dataset.classes), records,
+                                    getattr(dataset, 'source', None) or dataset.name)
 
 
 def coco_target(dataset, gt, indices):
@@ -147,7 +148,9 @@ def coco_target(dataset, gt, indices):
 def evaluate_detections(dets, gt, metrics=('voc07',), coco=None, verbose=False):
     """All chosen metrics. ``coco``: (coco_gt, img_ids, cat_ids) or None (built
     from ``gt``). Returns ``{'voc07': {map, ap, rec, prec, npos}, 'voc12':
-    ..., 'coco': {stats, ap, summary, results}}``."""
+    ..., 'coco': {stats, ap, summary, results}}``. A set with no image, or
+    no object to score, is an EvalInputError (``GroundTruth.require_scorable``)."""
+    gt.require_scorable()
     out = {}
     for m in metrics:
         if m in ('voc07', 'voc12'):
@@ -240,9 +243,9 @@ def evaluate_model(net, dataset, device='cpu', batch_size=8, num_workers=0, metr
         metrics = parse_metrics(metrics)
     n = len(dataset) if num_images is None else min(int(num_images), len(dataset))
     indices = list(range(n))
+    gt = ground_truth(dataset, indices).require_scorable()     # before the network runs
     dets = detect_dataset(net, dataset, device, batch_size, num_workers, conf_thresh, top_k,
                           progress, mean, channel_order, indices)
-    gt = ground_truth(dataset, indices)
     coco = coco_target(dataset, gt, indices) if 'coco' in metrics else None
     results = evaluate_detections(dets, gt, metrics, coco, verbose=False)
     if verbose:
