@@ -1,11 +1,15 @@
-"""Training logs: a progress bar, ``metrics.csv``, visdom and the loss plot.
+"""Training logs: a progress bar, ``metrics.csv``, visdom, TensorBoard and
+the loss plot.
 
 - :class:`TrainLogger`: a tqdm bar over the iterations (ETA, ``loss_l``,
   ``loss_c``, lr, img/s), one ``metrics.csv`` row every ``log_every``
-  iterations (and one per evaluation), and the same points sent to visdom.
+  iterations (and one per evaluation), and the same points sent to visdom
+  and TensorBoard.
 - :class:`VisdomPlotter`: real-time loss plots on a running visdom server
   (``python -m visdom.server``, then ``--visdom True``). When the server
   cannot be reached it warns once and training goes on.
+- :class:`TensorBoardWriter`: the same values as TensorBoard scalars
+  (``--tensorboard DIR``, then ``tensorboard --logdir DIR``).
 - :func:`plot_loss_curves`: ``loss_l``, ``loss_c`` and the total against the
   iteration, from ``metrics.csv``, as a PNG (matplotlib, no display needed).
 """
@@ -16,8 +20,12 @@ import sys
 import time
 import warnings
 
+#: evaluation metric (``--eval_metric``) -> its metrics.csv column and label
+EVAL_COLUMNS = {'voc07': 'voc07_map', 'voc12': 'voc12_map', 'coco': 'coco_ap'}
+EVAL_LABELS = {'voc07': 'VOC07 mAP', 'voc12': 'VOC2010+ mAP', 'coco': 'COCO AP'}
+
 CSV_FIELDS = ('iteration', 'loss_l', 'loss_c', 'loss', 'lr', 'img_per_s',
-              'train_time_s', 'skipped', 'voc07_map')
+              'train_time_s', 'skipped') + tuple(EVAL_COLUMNS.values())
 
 
 class VisdomPlotter:
@@ -83,13 +91,45 @@ class VisdomPlotter:
         self._line(self.win_loss, it, [loss_l, loss_c, loss_l + loss_c],
                    ('loss_l', 'loss_c', 'loss'), f'{self.title}: loss', 'loss')
 
-    def map(self, it, value):
-        self._line(self.win_map, it, [value], ('VOC07 mAP',),
-                   f'{self.title}: validation mAP', 'mAP')
+    def map(self, it, value, label=EVAL_LABELS['voc07']):
+        """The validation metric ``label`` (e.g. 'COCO AP') after ``it``."""
+        self._line(self.win_map, it, [value], (label,),
+                   f'{self.title}: validation {label}', label)
+
+
+class TensorBoardWriter:
+    """TensorBoard scalars (``torch.utils.tensorboard.SummaryWriter``):
+    ``train/loss_l``, ``train/loss_c``, ``train/loss``, ``train/lr``,
+    ``train/img_per_s`` per log row and ``val/<metric column>`` (e.g.
+    ``val/voc07_map``) per evaluation, against the iteration.
+
+    A resumed run (``start_iter > 0``) hides the earlier run's events after
+    ``start_iter`` (TensorBoard's ``purge_step``), as metrics.csv drops its rows.
+    """
+
+    def __init__(self, log_dir, start_iter=0):
+        from torch.utils.tensorboard import SummaryWriter
+        self.log_dir = os.fspath(log_dir)
+        self.writer = SummaryWriter(self.log_dir,
+                                    purge_step=start_iter + 1 if start_iter else None)
+
+    def losses(self, it, loss_l, loss_c, lr, img_per_s):
+        for tag, v in (('loss_l', loss_l), ('loss_c', loss_c), ('loss', loss_l + loss_c),
+                       ('lr', lr), ('img_per_s', img_per_s)):
+            self.writer.add_scalar(f'train/{tag}', v, it)
+        self.writer.flush()
+
+    def metric(self, it, name, value):
+        """Validation metric ``name`` ('voc07', 'voc12' or 'coco')."""
+        self.writer.add_scalar(f'val/{EVAL_COLUMNS[name]}', value, it)
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
 
 
 class TrainLogger:
-    """Progress bar, ``metrics.csv`` and visdom for the training loop.
+    """Progress bar, ``metrics.csv``, visdom and TensorBoard for the training loop.
 
     Only the process that writes (rank 0) should create an enabled logger;
     with ``enabled=False`` every method does nothing.
@@ -100,13 +140,16 @@ class TrainLogger:
         start_iter, max_iter: the iteration range of this run.
         log_every: iterations per CSV/visdom row.
         visdom: a :class:`VisdomPlotter` or None.
+        tensorboard: a :class:`TensorBoardWriter`, a folder to make one in,
+            or None.
     """
 
     def __init__(self, save_folder, start_iter, max_iter, log_every=10,
-                 visdom=None, enabled=True, progress=True):
+                 visdom=None, enabled=True, progress=True, tensorboard=None):
         self.enabled = enabled
         self.log_every = max(1, int(log_every))
         self.visdom = visdom
+        self.tensorboard = None
         self.start_iter, self.max_iter = start_iter, max_iter
         self._sum = [0.0, 0.0, 0]
         self._t_window = time.perf_counter()
@@ -123,6 +166,9 @@ class TrainLogger:
         self._w = csv.DictWriter(self._f, CSV_FIELDS)
         if new:
             self._w.writeheader()
+        if tensorboard is not None:
+            self.tensorboard = tensorboard if isinstance(tensorboard, TensorBoardWriter) \
+                else TensorBoardWriter(tensorboard, start_iter)
         if progress:
             from tqdm import tqdm
             self.bar = tqdm(total=max_iter, initial=start_iter, unit='it',
@@ -151,7 +197,7 @@ class TrainLogger:
         ips = self._imgs / dt
         row = dict(iteration=done, loss_l=f'{ll:.5f}', loss_c=f'{lc:.5f}',
                    loss=f'{ll + lc:.5f}', lr=f'{lr:.3g}', img_per_s=f'{ips:.1f}',
-                   train_time_s=f'{self.train_time:.2f}', skipped=skipped, voc07_map='')
+                   train_time_s=f'{self.train_time:.2f}', skipped=skipped)
         self._w.writerow(row)
         self._f.flush()
         if self.bar is not None:
@@ -159,6 +205,8 @@ class TrainLogger:
                                  lr=f'{lr:.2g}', img_s=f'{ips:.0f}', refresh=False)
         if self.visdom is not None:
             self.visdom.losses(done, ll, lc)
+        if self.tensorboard is not None:
+            self.tensorboard.losses(done, ll, lc, lr, ips)
         self._sum = [0.0, 0.0, 0]
         self._imgs = 0
         self._window = 0.0
@@ -173,16 +221,19 @@ class TrainLogger:
         if self.enabled:
             self._t_window = time.perf_counter()
 
-    def evaluation(self, iteration, value):
-        """Record a validation VOC07 mAP after ``iteration`` iterations."""
+    def evaluation(self, iteration, value, metric='voc07'):
+        """Record the validation ``metric`` ('voc07', 'voc12' or 'coco'; see
+        :data:`EVAL_COLUMNS`) after ``iteration`` iterations."""
         if not self.enabled:
             return
-        self._w.writerow(dict(iteration=iteration, voc07_map=f'{value:.4f}',
-                              train_time_s=f'{self.train_time + self._window:.2f}'))
+        self._w.writerow({'iteration': iteration, EVAL_COLUMNS[metric]: f'{value:.4f}',
+                          'train_time_s': f'{self.train_time + self._window:.2f}'})
         self._f.flush()
-        self.write(f'iteration {iteration}: VOC07 mAP {value:.4f}')
+        self.write(f'iteration {iteration}: {EVAL_LABELS[metric]} {value:.4f}')
         if self.visdom is not None:
-            self.visdom.map(iteration, value)
+            self.visdom.map(iteration, value, EVAL_LABELS[metric])
+        if self.tensorboard is not None:
+            self.tensorboard.metric(iteration, metric, value)
 
     def write(self, msg):
         """Print a line without breaking the progress bar."""
@@ -198,6 +249,8 @@ class TrainLogger:
             return
         if self.bar is not None:
             self.bar.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self._f.close()
 
 
@@ -224,14 +277,18 @@ def _truncate_csv(path, start_iter):
 def read_metrics(path):
     """``metrics.csv`` -> dict of lists: the loss rows (``iteration``,
     ``loss_l``, ``loss_c``, ``loss``) and the evaluation rows
-    (``eval_iteration``, ``voc07_map``), as floats."""
-    out = {k: [] for k in ('iteration', 'loss_l', 'loss_c', 'loss',
-                           'eval_iteration', 'voc07_map', 'train_time_s', 'eval_time_s')}
+    (``eval_iteration``, ``eval_time_s`` and one list per metric column:
+    ``voc07_map``, ``voc12_map``, ``coco_ap``, NaN where a row lacks it), as
+    floats."""
+    cols = tuple(EVAL_COLUMNS.values())
+    out = {k: [] for k in ('iteration', 'loss_l', 'loss_c', 'loss', 'eval_iteration',
+                           'train_time_s', 'eval_time_s') + cols}
     with open(path, newline='') as f:
         for r in csv.DictReader(f):
-            if r.get('voc07_map'):
+            if any(r.get(c) for c in cols):
                 out['eval_iteration'].append(float(r['iteration']))
-                out['voc07_map'].append(float(r['voc07_map']))
+                for c in cols:
+                    out[c].append(float(r.get(c) or 'nan'))
                 out['eval_time_s'].append(float(r.get('train_time_s') or 'nan'))
             elif r.get('loss'):
                 for k in ('iteration', 'loss_l', 'loss_c', 'loss', 'train_time_s'):
