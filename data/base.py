@@ -139,7 +139,11 @@ def decode_image(buf, path):
     """Decode an encoded image (uint8 numpy buffer) to BGR uint8 under the
     decoding policy above; ``path`` is the file named in errors and
     warnings."""
-    img, text = _imdecode_capturing(buf)
+    try:
+        img, text = _imdecode_capturing(buf)
+    except cv2.error as e:
+        raise DatasetError(f'{path}: unreadable image ({str(e).strip()})') \
+            from None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     corrupt = [ln for ln in lines if _CORRUPT.search(ln)]
     if corrupt:
