@@ -87,13 +87,12 @@ def evaluate_files(args, metrics):
         return (evaluate_detections(dets, gt, metrics, (coco_gt, img_ids, cat_ids)), dets, gt,
                 os.path.splitext(os.path.basename(path))[0])
     name = resolve_dataset(args)
-    key = name.lower()
-    if key == 'voc':
+    if name == 'VOC':
         from data import VOC_CLASSES
         gt = load_voc_gt(args.dataset_root or args.voc_root, args.year,
                          args.set_type or eval_splits('VOC')[0], VOC_CLASSES)
         coco = None
-    elif key == 'coco' and args.ann_file:
+    elif name == 'COCO' and args.ann_file:
         coco_gt = load_coco_gt(args.ann_file)
         gt, img_ids, cat_ids = gt_from_coco(coco_gt)
         coco = (coco_gt, img_ids, cat_ids)
@@ -101,7 +100,7 @@ def evaluate_files(args, metrics):
         dataset, _ = open_dataset(name, args)
         gt = ground_truth(dataset)
         coco = coco_target(dataset, gt, range(len(gt.image_ids))) if 'coco' in metrics else None
-    set_type = args.set_type if (args.set_type and key == 'voc') else None
+    set_type = args.set_type if (args.set_type and name == 'VOC') else None
     dets = read_devkit(path, gt.class_names, gt.image_ids, set_type)
     return evaluate_detections(dets, gt, metrics, coco), dets, gt, set_name(name, args)
 

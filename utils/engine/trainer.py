@@ -1,6 +1,8 @@
 """The SSD training run behind ``train.py``: set-up, then the loop.
 
-:func:`train` reads top to bottom: distributed set-up and seeds, datasets,
+It receives one complete :class:`~utils.engine.run_config.RunConfig` (every
+default already filled by ``resolve_run_config``) and decides no default
+itself. :func:`train` reads top to bottom: distributed set-up and seeds, datasets,
 network (basenet or resume), optimiser, DDP / torch.compile, then the
 iteration loop (lr, forward/backward, NaN policy, step, logs, snapshots,
 evaluation), then the final weights, checkpoint and loss plot.
