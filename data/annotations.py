@@ -144,8 +144,8 @@ def voc_size(root):
     try:
         w = int(float(size.find('width').text))
         h = int(float(size.find('height').text))
-    except (AttributeError, TypeError, ValueError):
-        return None
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None             # nan, inf, text: as missing
     return (w, h) if w > 0 and h > 0 else None
 
 
@@ -312,6 +312,8 @@ def validate_coco(d, path):
             msg = f'{where}: unknown class (category_id {a.get("category_id")!r})'
         elif bbox_problem(a.get('bbox')):
             msg = f'{where}: {bbox_problem(a.get("bbox"))}'
+        elif a.get('area') is not None and not is_number(a['area']):
+            msg = f'{where}: area is not a finite number: {a["area"]!r}'
         else:
             continue
         problems.append((path, msg))

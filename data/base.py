@@ -104,9 +104,9 @@ def _scratch_fd():
     """This process's scratch file for the decoder's stderr (a new one after
     a fork: DataLoader workers must not share one)."""
     if _capture['pid'] != os.getpid():
-        f = tempfile.TemporaryFile()
-        _capture['fd'], _capture['pid'], _capture['file'] = f.fileno(), \
-            os.getpid(), f
+        fd, name = tempfile.mkstemp(prefix='decoder-stderr-')
+        os.unlink(name)         # lives as long as the process holds fd
+        _capture['fd'], _capture['pid'] = fd, os.getpid()
     return _capture['fd']
 
 

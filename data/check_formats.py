@@ -12,9 +12,9 @@ import numpy as np
 
 from .base import DatasetError, IMAGE_EXTS, check_image, find_image, \
     read_image
-from .annotations import (bbox_problem, coco_image_path, load_coco_json,
-                          load_xml, parse_yolo_labels, read_split,
-                          validate_coco, voc_object, voc_size)
+from .annotations import (bbox_problem, coco_image_path, is_number,
+                          load_coco_json, load_xml, parse_yolo_labels,
+                          read_split, validate_coco, voc_object, voc_size)
 from .custom import find_classes_file, read_classes
 from .voc0712 import VOC_CLASSES
 
@@ -189,8 +189,9 @@ def check_coco(report, root, year=None, split=None, decode=True,
         for p, (prob, size) in zip(ok, _images(ok, decode, report)):
             if prob:
                 report.problem(p, prob)
-        for im in imgs:
-            sizes[im['id']] = (im.get('width'), im.get('height'))
+        for im in imgs:       # a non-finite size is a problem already
+            sizes[im['id']] = tuple(v if is_number(v) else None for v in
+                                    (im.get('width'), im.get('height')))
         _coco_objects(report, ann, d['annotations'], cats, sizes)
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def test_non_finite_voc_coordinate_is_an_error_everywhere(tmp_path, value):
 def test_non_finite_coco_bbox_is_an_error_everywhere(tmp_path, value):
     root = write_dataset(str(tmp_path / 'coco'), 'coco', num=3, seed=2, val_fraction=0)
     ann = os.path.join(root, 'annotations', 'instances_train2017.json')
-    d = json.load(open(ann))
+    d = json.loads(Path(ann).read_text())
     d['annotations'][1]['bbox'][2] = value
     with open(ann, 'w') as f:
         json.dump(d, f)                     # writes NaN / Infinity
@@ -110,7 +111,7 @@ def test_non_finite_coco_bbox_is_an_error_everywhere(tmp_path, value):
 def test_non_finite_yolo_number_is_an_error_everywhere(tmp_path, line):
     root = write_dataset(str(tmp_path / 'y'), 'yolo', num=4, seed=2, val_fraction=0)
     lab = os.path.join(root, 'labels', 'train', '000002.txt')
-    n = len(open(lab).read().splitlines()) + 1
+    n = len(Path(lab).read_text().splitlines()) + 1
     with open(lab, 'a') as f:
         f.write(line + '\n')
     msg = re.escape(f'{lab}: line {n}: not a finite number')
@@ -201,7 +202,7 @@ def test_binary_coco_results_file_is_named(tmp_path, capsys):
 def test_empty_split_is_an_error_everywhere(tmp_path, capsys):
     base, dets = _devkit(tmp_path)
     split = os.path.join(base, 'ImageSets', 'Main', 'val.txt')
-    open(split, 'w').write('\n  \n')
+    Path(split).write_text('\n  \n')
     msg = f'{split}: empty split (no image ids)'
     with pytest.raises(DatasetError, match=re.escape(msg)):
         get_dataset('custom', base, 'val')
@@ -225,7 +226,7 @@ def test_network_path_refuses_an_empty_split(tmp_path, capsys):
     from ssd import build_ssd
     from utils.checkpoint import atomic_save
     base = _voc(tmp_path)
-    open(os.path.join(base, 'ImageSets', 'Main', 'val.txt'), 'w').write('')
+    Path(base, 'ImageSets', 'Main', 'val.txt').write_text('')
     torch.manual_seed(0)
     ckpt = tmp_path / 'checkpoint.pth'
     atomic_save({'model': build_ssd('train', cfg=shapes_cfg, num_classes=6).state_dict(),
@@ -280,13 +281,13 @@ def test_coco_without_images_or_objects_is_an_error(tmp_path, capsys):
         load_coco_gt(str(ann))
     root = write_dataset(str(tmp_path / 'coco'), 'coco', num=2, seed=2, val_fraction=0)
     js = os.path.join(root, 'annotations', 'instances_train2017.json')
-    d = json.load(open(js))
+    d = json.loads(Path(js).read_text())
     d['annotations'] = []
-    json.dump(d, open(js, 'w'))
+    Path(js).write_text(json.dumps(d))
     assert [p.split(': ', 1)[1] for p in _problems(root, 'coco', split='train2017')] == \
         ['no objects to score in 2 images (0 difficult/crowd)']
     d['images'] = []
-    json.dump(d, open(js, 'w'))
+    Path(js).write_text(json.dumps(d))
     assert _problems(root, 'coco', split='train2017') == \
         [f'{js}: no images (the "images" list is empty)']
     with pytest.raises(DatasetError, match='no images'):
@@ -304,9 +305,9 @@ def test_empty_yolo_split_is_a_problem(tmp_path):
 def _corrupt_jpeg(path):
     """Damage the middle of a JPEG's scan: libjpeg still returns an image
     and prints 'Corrupt JPEG data: ...' on stderr, without a file name."""
-    b = bytearray(open(path, 'rb').read())
+    b = bytearray(Path(path).read_bytes())
     b[len(b) // 2:len(b) // 2 + 50] = b'\xff\xd0' * 25
-    open(path, 'wb').write(bytes(b))
+    Path(path).write_bytes(bytes(b))
 
 
 def test_jpeg_corrupt_in_the_middle_is_the_same_error_everywhere(tmp_path, capfd):
@@ -333,10 +334,10 @@ def test_other_decoder_messages_are_warnings_naming_the_file(tmp_path, capfd):
     from data.base import read_image
     base = _voc(tmp_path)
     img = os.path.join(base, 'JPEGImages', '000001.jpg')
-    b = bytearray(open(img, 'rb').read())
+    b = bytearray(Path(img).read_bytes())
     assert b[6:11] == b'JFIF\x00'
     b[11] = 2                               # JFIF major version 2: libjpeg warns
-    open(img, 'wb').write(bytes(b))
+    Path(img).write_bytes(bytes(b))
     with pytest.warns(UserWarning, match=re.escape(f'{img}: decoder warning: ')
                       + '.*JFIF revision'):
         assert read_image(img).dtype == np.uint8

@@ -194,14 +194,15 @@ def dets_from_results(results, img_ids, cat_ids, path='results'):
     from utils.evaluation.detections import Detections
     img_index = {int(i): k for k, i in enumerate(img_ids)}
     cat_index = {int(c): k for k, c in enumerate(cat_ids)}
-    try:
-        img = np.array([img_index[int(r['image_id'])] for r in results], np.int64)
-    except KeyError as e:
-        raise EvalInputError(f'{path}: image_id {e.args[0]} is not in the ground truth') from None
-    try:
-        lab = np.array([cat_index[int(r['category_id'])] for r in results], np.int64)
-    except KeyError as e:
-        raise EvalInputError(f'{path}: category_id {e.args[0]} is not in the ground truth') from None
+    img, lab = [], []
+    for k, r in enumerate(results):
+        for key, index, out in (('image_id', img_index, img), ('category_id', cat_index, lab)):
+            try:
+                out.append(index[int(r[key])])
+            except (KeyError, TypeError, ValueError, OverflowError):
+                raise EvalInputError(f'{path}: entry {k}: {key} {r[key]!r} is not in the '
+                                     'ground truth') from None
+    img, lab = np.array(img, np.int64), np.array(lab, np.int64)
     b = np.array([r['bbox'] for r in results], np.float64).reshape(-1, 4)
     return Detections([str(i) for i in img_ids], img, lab,
                       np.array([r['score'] for r in results], np.float64),
