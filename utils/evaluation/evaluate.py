@@ -38,6 +38,18 @@ def parse_metrics(text):
     return names
 
 
+def default_metric(dataset):
+    """The metric a dataset is judged by: 'coco' for COCO, else 'voc07'
+    (eval.py --metric and train.py --eval_metric default to it)."""
+    return 'coco' if dataset == 'COCO' else 'voc07'
+
+
+def headline(results, metric):
+    """The one number of ``metric`` in ``evaluate_model``'s result: the mAP
+    for 'voc07'/'voc12', AP (IoU .50:.95) for 'coco'."""
+    return float(results['coco']['AP'] if metric == 'coco' else results[metric]['map'])
+
+
 # ---------------------------------------------------------------- inference
 class _EvalView(tud.Dataset):
     """Item ``j`` -> (image [3, S, S] float32, dataset index, (h, w)): the
