@@ -88,7 +88,7 @@ def load_basenet(net, args):
 
 def make_amp(args, device):
     """``(amp_dtype or None, GradScaler)``: autocast only on CUDA."""
-    amp = args.amp or 'off'
+    amp = args.amp
     if amp != 'off' and device.type != 'cuda':
         warnings.warn(f'--amp {amp} is for CUDA; training in float32 on {device}',
                       RuntimeWarning)
