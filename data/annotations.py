@@ -37,7 +37,7 @@ import numpy as np
 import defusedxml.ElementTree as DET
 from defusedxml import DefusedXmlException
 
-from .base import DatasetError, safe_join
+from .base import DatasetError, DatasetNotFound, safe_join
 
 __all__ = ['class_label', 'parse_difficult', 'load_xml', 'voc_object',
            'voc_objects', 'voc_size', 'read_voc_xml', 'VocAnnotation',
@@ -179,7 +179,7 @@ def read_split(path, root, skip_bad=False, on_bad=None):
         with open(path, encoding='utf-8') as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        raise DatasetError(f'{path}: split file not found') from None
+        raise DatasetNotFound(f'{path}: split file not found') from None
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f'{path}: unreadable split file ({e})') from None
     ids = []
@@ -248,7 +248,7 @@ def load_coco_json(path):
         with open(path, encoding='utf-8') as f:
             return json.load(f)
     except FileNotFoundError:
-        raise DatasetError(f'{path}: annotation file not found') from None
+        raise DatasetNotFound(f'{path}: annotation file not found') from None
     except (ValueError, UnicodeDecodeError) as e:
         raise DatasetError(f'{path}: malformed JSON ({e})') from None
     except OSError as e:

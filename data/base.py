@@ -29,14 +29,20 @@ import numpy as np
 import torch
 import torch.utils.data as data
 
-__all__ = ['DatasetError', 'DetectionDataset', 'read_image', 'decode_image',
-           'check_image', 'safe_join', 'clip_boxes', 'make_gt', 'IMAGE_EXTS', 'find_image']
+__all__ = ['DatasetError', 'DatasetNotFound', 'DetectionDataset',
+           'read_image', 'decode_image', 'check_image', 'safe_join', 'clip_boxes', 'make_gt', 'IMAGE_EXTS', 'find_image']
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
 
 
 class DatasetError(ValueError):
     """A bad sample or annotation; the message is one line naming the file."""
+
+
+class DatasetNotFound(DatasetError):
+    """A split or annotation file that does not exist: the one error that a
+    caller trying several default splits may pass over (an empty or broken
+    split that exists is a plain DatasetError)."""
 
 
 def safe_join(root, *parts):
