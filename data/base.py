@@ -30,7 +30,8 @@ import torch
 import torch.utils.data as data
 
 __all__ = ['DatasetError', 'DatasetNotFound', 'DetectionDataset',
-           'read_image', 'decode_image', 'check_image', 'safe_join', 'clip_boxes', 'make_gt', 'IMAGE_EXTS', 'find_image']
+           'read_image', 'decode_image', 'check_image', 'safe_join',
+           'clip_boxes', 'make_gt', 'IMAGE_EXTS', 'find_image']
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
 
