@@ -21,8 +21,8 @@ import os.path as osp
 
 import numpy as np
 
-from .base import DetectionDataset, DatasetError, make_gt, read_image, \
-    IMAGE_EXTS
+from .base import DetectionDataset, DatasetError, DatasetNotFound, \
+    make_gt, read_image, IMAGE_EXTS
 from .annotations import parse_yolo_labels
 from .voc0712 import VOCDetection
 
@@ -88,14 +88,17 @@ def yolo_files(root, image_set):
     """(image dir, label dir, sorted image names) of a YOLO tree."""
     img_dir = osp.join(root, 'images', image_set)
     lab_dir = osp.join(root, 'labels', image_set)
-    if not osp.isdir(img_dir):
+    split = osp.isdir(img_dir)
+    if not split:
         img_dir, lab_dir = osp.join(root, 'images'), osp.join(root, 'labels')
     names = sorted(n for n in os.listdir(img_dir)
                    if n.lower().endswith(IMAGE_EXTS)) \
         if osp.isdir(img_dir) else []
+    if not names and split:
+        raise DatasetError(f'{img_dir}: no images (empty split)')
     if not names:
-        raise DatasetError(f'{root}: no images in images/{image_set}/ or '
-                           'images/ (YOLO layout)')
+        raise DatasetNotFound(f'{root}: no images in images/{image_set}/ or '
+                              'images/ (YOLO layout)')
     return img_dir, lab_dir, names
 
 

@@ -297,8 +297,10 @@ def test_coco_without_images_or_objects_is_an_error(tmp_path, capsys):
 def test_empty_yolo_split_is_a_problem(tmp_path):
     root = write_dataset(str(tmp_path / 'y'), 'yolo', num=2, seed=2, val_fraction=0)
     os.makedirs(os.path.join(root, 'images', 'val'), exist_ok=True)
-    assert _problems(root, 'yolo', split='val') == \
-        [f"{os.path.join(root, 'images', 'val')}: no images (empty split)"]
+    msg = f"{os.path.join(root, 'images', 'val')}: no images (empty split)"
+    assert _problems(root, 'yolo', split='val') == [msg]
+    with pytest.raises(DatasetError, match=re.escape(msg)):
+        get_dataset('custom', root, 'val')
 
 
 # ------------------------------------------------------- decoding policy
