@@ -107,6 +107,15 @@ _capture = {'pid': None, 'fd': None}
 _capture_lock = threading.Lock()
 
 
+def _after_fork():          # a forked child never inherits a held lock
+    global _capture_lock
+    _capture_lock = threading.Lock()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 def _scratch_fd():
     """This process's scratch file for the decoder's stderr (a new one after
     a fork: DataLoader workers must not share one)."""
