@@ -74,11 +74,15 @@ class Chromium:
             text = active.read_text() if active.exists() else ''
             return text.split('\n')[0] if '\n' in text else None
 
-        url = f'http://127.0.0.1:{poll(port, timeout, "chromium to start")}/json/list'
-        with urllib.request.urlopen(url, timeout=10) as r:
-            page = next(t for t in json.load(r) if t['type'] == 'page')
-        self.ws = websocket.create_connection(page['webSocketDebuggerUrl'], timeout=timeout,
-                                              suppress_origin=True)
+        try:
+            url = f'http://127.0.0.1:{poll(port, timeout, "chromium to start")}/json/list'
+            with urllib.request.urlopen(url, timeout=10) as r:
+                page = next(t for t in json.load(r) if t['type'] == 'page')
+            self.ws = websocket.create_connection(page['webSocketDebuggerUrl'], timeout=timeout,
+                                                  suppress_origin=True)
+        except BaseException:
+            self.close()
+            raise
 
     def send(self, method, **params):
         self._id += 1
@@ -151,6 +155,7 @@ def test_dashboard_shows_the_training_losses(tmp_path, chromium):
                  60, 'the first points on the server')
             chromium.send('Network.enable')
             chromium.send('Page.enable')
+            chromium.send('Runtime.enable')
             chromium.send('Page.navigate', url=f'{base}/env/{ENV}')
             poll(lambda: chromium.js('document.readyState') == 'complete', 30, 'the page to load')
 
@@ -183,6 +188,9 @@ def test_dashboard_shows_the_training_losses(tmp_path, chromium):
         assert len([r for r in assets if r['type'] == 'Stylesheet']) >= 5
         bad = [r for r in assets if r['status'] != 200 or r['failed']]
         assert bad == []
+        errors = [e['params']['exceptionDetails'].get('text') for e in chromium.events
+                  if e.get('method') == 'Runtime.exceptionThrown']
+        assert errors == []                   # the page's scripts ran without an error
         outside = [r['url'] for r in reqs if r['url'].startswith('http')
                    and not r['url'].startswith(base)]
         assert outside == []                  # nothing from a CDN
