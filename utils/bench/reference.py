@@ -364,22 +364,28 @@ def adjust_learning_rate(optimizer, base_lr, gamma, step):
 
 def train_loop(net, dataset, num_classes, batch_size=32, lr=1e-3, momentum=0.9,
                weight_decay=5e-4, gamma=0.1, lr_steps=(80000, 100000, 120000),
-               start_iter=0, max_iter=120000, seed=0, criterion=None):
+               start_iter=0, max_iter=120000, seed=0, criterion=None, order=None):
     """ssd.pytorch's ``train()`` after the set-up, on a network already
     holding its starting weights (``--resume``: no ``weights_init``).
 
     The loader shuffles (its generator seeded with ``seed``; the original
-    does not seed at all, so any order is one of its runs). Returns the
-    per-iteration ``[(lr, loss_l, loss_c), ...]``; ``net`` is trained in
-    place."""
+    does not seed at all, so any order is one of its runs); ``order(it)``
+    instead gives the dataset indices of iteration ``it``'s batch, e.g. the
+    order another trainer used. Returns the per-iteration ``[(lr, loss_l,
+    loss_c), ...]``; ``net`` is trained in place."""
     optimizer = SGD(net.parameters(), lr=lr, momentum=momentum,
                     weight_decay=weight_decay)
     criterion = criterion or MultiBoxLoss(num_classes, 0.5, 3)
     net.train()
     step_index = 0
-    loader = tud.DataLoader(dataset, batch_size, shuffle=True, num_workers=0,
-                            collate_fn=detection_collate,
-                            generator=torch.Generator().manual_seed(seed))
+    if order is None:
+        loader = tud.DataLoader(dataset, batch_size, shuffle=True, num_workers=0,
+                                collate_fn=detection_collate,
+                                generator=torch.Generator().manual_seed(seed))
+    else:
+        loader = tud.DataLoader(dataset, batch_sampler=[list(order(it)) for it in
+                                                        range(start_iter, max_iter)],
+                                num_workers=0, collate_fn=detection_collate)
     batch_iterator = iter(loader)
     history = []
     for iteration in range(start_iter, max_iter):
