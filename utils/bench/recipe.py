@@ -12,16 +12,18 @@ twice:
   --max_iter K --save_every K --basenet none --eval_every 0 --num_workers 0
   --resume W --start_iter 0`` (a subprocess: the command line itself);
 * ssd.pytorch's loop (:func:`utils.bench.reference.train_loop`): its VOC
-  target transform and BaseTransform, its shuffling loader, its
-  ``adjust_learning_rate``, its SGD and its ``MultiBoxLoss`` (global-max
-  mining) on ``loss_l + loss_c``; the network is ``build_ssd`` (its
-  equality with ssd.pytorch's is checked by the state-dict keys and
-  tests/test_ssd.py).
+  target transform and BaseTransform, its ``adjust_learning_rate``, its SGD
+  and its ``MultiBoxLoss`` (global-max mining) on ``loss_l + loss_c``, with
+  the images of each batch in train.py's order (ssd.pytorch's loader is
+  unseeded, so that is one of its runs; ``--shuffle``: its own shuffling
+  loader, seeded, where only the float summation order differs); the
+  network is ``build_ssd`` (its equality with ssd.pytorch's is checked by
+  the state-dict keys and tests/test_ssd.py).
 
-and prints the largest relative weight difference (``max |ours - theirs| /
-max |theirs|`` over the tensors; float summation order gives ~1e-7) and the
-largest difference relative to the update (``max |ours - theirs| / max
-|theirs - W|``). Exit status 1 when the weights differ by more than
+and prints the per-iteration lr and losses of both, the largest relative
+weight difference (``max |ours - theirs| / max |theirs|`` over the
+tensors), the largest difference relative to the update (``max |ours -
+theirs| / max |theirs - W|``) and the relative L2 difference of all weights. Exit status 1 when the weights differ by more than
 ``--tol`` (1e-5). The defaults are the outside acceptance check's; SSD300
 takes about a minute per run on two CPU cores.
 """
