@@ -34,10 +34,20 @@ def int_list(v):
     return tuple(int(x) for x in v.replace(' ', '').split(',') if x)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' except for defaults left to resolve_run_config,
+    whose help says what they become."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser():
+    """train.py's flags. Defaults that depend on the dataset are None here
+    and filled by :func:`resolve_run_config`."""
     p = argparse.ArgumentParser(
         description='Single Shot MultiBox Detector training with PyTorch',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     a = p.add_argument
     # ssd.pytorch's flags
     add_dataset_flag(p, 'VOC', 'VOC, COCO, the synthetic shapes (offline demo), or a custom '
@@ -56,10 +66,10 @@ def build_parser():
     a('--num_workers', default=None, type=int,
       help='DataLoader workers per process (default: 4; 0 for shapes, generated in memory)')
     add_cuda_flag(p)
-    a('--lr', '--learning-rate', default=None, type=float, help='initial learning rate')
-    a('--momentum', default=None, type=float, help='SGD momentum')
-    a('--weight_decay', default=None, type=float, help='weight decay')
-    a('--gamma', default=None, type=float, help='lr factor at each step')
+    a('--lr', '--learning-rate', default=None, type=float, help='initial learning rate (default: the schedule\'s: 1e-3, shapes 5e-3)')
+    a('--momentum', default=None, type=float, help='SGD momentum (default: the schedule\'s: 0.9)')
+    a('--weight_decay', default=None, type=float, help='weight decay (default: the schedule\'s: 5e-4, shapes 1e-4)')
+    a('--gamma', default=None, type=float, help='lr factor at each step (default: the schedule\'s: 0.1)')
     a('--visdom', default=False, type=str2bool, help='plot losses on a visdom server')
     a('--save_folder', default='weights/', help='where weights, logs and checkpoint.pth go')
     # new flags
@@ -67,8 +77,8 @@ def build_parser():
       help='SSD300 or SSD512 (the shapes preset has its own size)')
     a('--max_iter', default=None, type=int, help='iterations (default: the config\'s)')
     a('--lr_steps', default=None, type=int_list,
-      help='comma-separated iterations where lr *= gamma')
-    a('--warmup', default=None, type=int, help='linear lr warm-up iterations')
+      help='comma-separated iterations where lr *= gamma (default: the config\'s)')
+    a('--warmup', default=None, type=int, help='linear lr warm-up iterations (default: 0, shapes 50)')
     a('--optimizer', default=None, choices=['sgd', 'adamw'],
       help='sgd (the paper; default) or adamw (the shapes preset\'s short schedule)')
     a('--save_every', default=None, type=int,
@@ -95,8 +105,8 @@ def build_parser():
       help='torch CPU threads (default: torch\'s choice, the number of cores)')
     a('--channel_order', default='RGB', choices=['RGB', 'BGR'],
       help='BGR for Caffe-converted basenets')
-    a('--train_images', default=None, type=int, help='shapes: training images')
-    a('--val_images', default=None, type=int, help='shapes: validation images')
+    a('--train_images', default=None, type=int, help='shapes: training images (default: 2000)')
+    a('--val_images', default=None, type=int, help='shapes: validation images (default: 200)')
     a('--visdom_server', default='http://localhost')
     a('--visdom_port', default=8097, type=int)
     a('--visdom_env', default='SSD')
