@@ -47,7 +47,11 @@ class MultiBoxLoss(nn.Module):
     Call ``loss((loc [B, P, 4], conf [B, P, C], priors [P, 4]), targets)``
     where targets is a list of ``[n_i, 5]`` tensors ``(x1, y1, x2, y2, label)``
     normalised to [0, 1], label without background. Returns float32 scalars
-    ``(loss_l, loss_c)``.
+    ``(loss_l, loss_c)``. Gradient accumulation (``train.py --accum_steps``)
+    counts N over all micro-batches first (:meth:`count_positives`, summed,
+    then :meth:`normalizer`) and passes it as ``num_pos=``, so that K
+    micro-batches give the gradient of the whole batch; :meth:`sums` gives
+    the undivided sums and this batch's N.
     """
 
     def __init__(self, num_classes, overlap_thresh=0.5, prior_for_matching=True,
@@ -67,7 +71,44 @@ class MultiBoxLoss(nn.Module):
         self.variance = tuple(variance)
         self.divide_by_n = divide_by_n
 
-    def forward(self, predictions, targets):
+    def forward(self, predictions, targets, num_pos=None):
+        """``(loss_l, loss_c)`` of the batch. ``num_pos`` (keyword, for
+        gradient accumulation): the normaliser N already counted, summed
+        over the micro-batches of one step and reduced over processes
+        (:meth:`count_positives`, :meth:`normalizer`); the sums are then
+        divided by it instead of by this batch's own N."""
+        loss_l, loss_c, n = self.sums(predictions, targets)
+        if not self.divide_by_n:
+            return loss_l, loss_c
+        n = self.normalizer(n) if num_pos is None else num_pos
+        return loss_l / n, loss_c / n
+
+    def normalizer(self, n):
+        """N as the loss divides by it: the positives ``n`` (a tensor) summed
+        over all processes under DDP, divided by their number (DDP averages
+        gradients over ranks), at least 1."""
+        n = n.float()
+        if dist.is_available() and dist.is_initialized():
+            n = n.clone()
+            dist.all_reduce(n)
+            n = n / dist.get_world_size()   # DDP averages gradients over ranks
+        return n.clamp(min=1)
+
+    @torch.no_grad()
+    def count_positives(self, targets, priors):
+        """The number of matched priors (a 0-dim int tensor) of a batch,
+        without the network: matching needs only ``targets`` and
+        ``priors`` [P, 4]. Gradient accumulation sums it over the
+        micro-batches of one step before dividing."""
+        priors = priors.to(torch.float32)
+        truths, labels, valid = pad_targets(targets, priors.device)
+        _, conf_t = match_indices(self.threshold, truths, priors, labels, valid)
+        return (conf_t > 0).sum()
+
+    def sums(self, predictions, targets):
+        """The undivided ``(loss_l, loss_c, N)``: Smooth-L1 and cross-entropy
+        summed over the batch's positives (and mined negatives), and N, the
+        number of positives in this batch (int tensor, this process only)."""
         loc_data, conf_data, priors = predictions
         loc_data, conf_data = loc_data.float(), conf_data.float()
         B, P, _ = loc_data.shape
@@ -86,14 +127,7 @@ class MultiBoxLoss(nn.Module):
         loss_l = F.smooth_l1_loss(loc_data[img, prior], loc_t, reduction='sum')
         loss_c = F.cross_entropy(conf_data[selected], conf_t[selected],
                                  reduction='sum')
-        if not self.divide_by_n:
-            return loss_l, loss_c
-        n = num_pos.sum().float()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(n)
-            n = n / dist.get_world_size()   # DDP averages gradients over ranks
-        n = n.clamp(min=1)
-        return loss_l / n, loss_c / n
+        return loss_l, loss_c, num_pos.sum()
 
     def _hard_negatives(self, conf_data, pos, num_pos):
         """``[B, P]`` bool: the ``neg_pos * num_pos`` negatives of each image
