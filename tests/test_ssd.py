@@ -125,3 +125,34 @@ def test_atomic_save_leaves_no_temporary_and_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / 'c.pth').stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_default_memory_format_is_the_fast_one():
+    from ssd import fast_memory_format, memory_format
+    net = build_ssd('test', cfg=shapes, num_classes=6)
+    assert memory_format(net) == fast_memory_format()
+    if torch.backends.mkldnn.is_available():           # oneDNN: NHWC is faster
+        assert fast_memory_format() == torch.channels_last
+    assert memory_format(build_ssd('test', cfg=shapes, num_classes=6,
+                                   channels_last=False)) == torch.contiguous_format
+    assert memory_format(build_ssd('test', cfg=shapes, num_classes=6,
+                                   channels_last=True)) == torch.channels_last
+
+
+def test_nhwc_and_nchw_same_state_dict_and_outputs():
+    torch.manual_seed(0)
+    nchw = build_ssd('train', cfg=shapes, num_classes=6, channels_last=False)
+    nhwc = build_ssd('train', cfg=shapes, num_classes=6, channels_last=True)
+    nhwc.load_state_dict(nchw.state_dict())
+    a, b = nchw.state_dict(), nhwc.state_dict()
+    assert list(a) == list(b)
+    assert all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+    assert b['vgg.0.weight'].is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, shapes['min_dim'], shapes['min_dim'])
+    with torch.no_grad():
+        for u, v in zip(nchw(x)[:2], nhwc(x)[:2]):
+            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+        nchw.phase = nhwc.phase = 'test'
+        d1, d2 = nchw(x), nhwc(x)
+    assert torch.equal(d1[..., 0] > 0, d2[..., 0] > 0)
+    torch.testing.assert_close(d1, d2, rtol=1e-4, atol=1e-4)
