@@ -1,9 +1,13 @@
 """Test-time detection: decode the offsets, then per-class NMS, batched."""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn as nn
-from torchvision.ops import batched_nms, nms
+from torchvision.ops import batched_nms
 
 from ..box_utils import decode
+
 
 
 class Detect(nn.Module):
@@ -12,8 +16,8 @@ class Detect(nn.Module):
     ``Detect(num_classes, bkg_label, top_k, conf_thresh, nms_thresh)`` as in
     ssd.pytorch, but a plain module with no autograd. For every image and every
     class but the background: keep scores > ``conf_thresh``, take the ``top_k``
-    best, then NMS at IoU ``nms_thresh`` (torchvision's ``batched_nms``, all
-    images and classes at once). ``keep_top_k`` optionally keeps only that many
+    best (ties: the lower prior index first), then NMS at IoU ``nms_thresh``
+    (torchvision's ``nms``). ``keep_top_k`` optionally keeps only that many
     detections per image across classes (Caffe keeps 200); off by default, as in
     ssd.pytorch.
 
@@ -21,6 +25,17 @@ class Detect(nn.Module):
     Returns ``[B, C, top_k, 5]`` float32: rows ``(score, x1, y1, x2, y2)``
     normalised to [0, 1], sorted by decreasing score within each class, zero
     rows after the last detection; class 0 (background) is all zeros.
+
+    How it is fast: one threshold mask over ``[B, C, P]`` (a view, no copy) and
+    one ``nonzero`` give the candidates of all images and classes, already
+    grouped by (image, class); when a group has more than ``top_k``, its
+    ``top_k``-th best score (``topk``) raises its threshold first, so that
+    dense score maps cost no more than sparse ones; one integer sort orders
+    every group by decreasing score; only the survivors are decoded; NMS runs
+    per group (torchvision's CPU ``nms`` compares every kept box with every
+    later one, so one call over all groups would cost far more) or, off the
+    CPU, as one ``batched_nms``; the kept rows are scattered into the output
+    in one indexed write.
     """
 
     def __init__(self, num_classes, bkg_label=0, top_k=200, conf_thresh=0.01,
@@ -39,21 +54,44 @@ class Detect(nn.Module):
     @torch.no_grad()
     def forward(self, loc_data, conf_data, prior_data):
         B, P, C = conf_data.shape
-        conf_data = conf_data.float()
-        mask = conf_data > self.conf_thresh                            # [B, P, C]
-        if 0 <= self.background_label < C:
-            mask[..., self.background_label] = False
-        img, prior, cls = mask.nonzero(as_tuple=True)
-        scores = conf_data[img, prior, cls]
-        group = img * C + cls
-        order, counts = _top_k_per_group(scores, group, B * C, self.top_k)
-        img, prior, group, scores = img[order], prior[order], group[order], scores[order]
+        k = self.top_k
+        img, prior, group, s, counts = self._candidates(conf_data.float().contiguous())
+        order = _sort_within_groups(group, s)
+        starts = counts.cumsum(0) - counts
+        top = torch.arange(order.numel(), device=order.device) - starts[group[order]] < k
+        order = order[top.nonzero().squeeze(1)]
+        img, prior, group, s = img[order], prior[order], group[order], s[order]
         boxes = decode(loc_data[img, prior].float(), prior_data[prior].float(),
                        self.variance)
-        kept = _nms_per_group(boxes, scores, group, counts, self.nms_thresh)
+        kept = _nms_per_group(boxes, s, group, counts.clamp(max=k), self.nms_thresh)
         if self.keep_top_k is not None:
-            kept = self._cap_per_image(kept, scores, img, B)
-        return self._scatter(kept, group, scores, boxes, B, C)
+            kept = self._cap_per_image(kept, s, img, B)
+        return self._scatter(kept, group, s, boxes, B, C)
+
+    def _candidates(self, conf):
+        """The scores > conf_thresh of ``conf [B, P, C]`` but the background's:
+        ``img``, ``prior``, ``group`` (image * C + class; long), ``scores``,
+        in the order (image, prior, class), and the count per group
+        ``[B * C]``. A group with more than top_k keeps only those that may be
+        among its top_k (see :func:`_may_be_top_k`)."""
+        B, P, C = conf.shape
+        G = B * C
+        mask = conf > self.conf_thresh
+        if 0 <= self.background_label < C:
+            mask[..., self.background_label] = False
+        flat = mask.view(-1).nonzero().squeeze(1)
+        scores = conf.view(-1)[flat]
+        cls = flat % C
+        img_prior = flat // C
+        img = img_prior // P
+        group = img * C + cls
+        counts = torch.bincount(group, minlength=G)
+        if self.top_k < P and int(counts.max()) > self.top_k:
+            keep = _may_be_top_k(scores, group, G, self.top_k).nonzero().squeeze(1)
+            img_prior, img, group, scores = (img_prior[keep], img[keep],
+                                             group[keep], scores[keep])
+            counts = torch.bincount(group, minlength=G)
+        return img, img_prior - img * P, group, scores, counts
 
     def _cap_per_image(self, kept, scores, img, B):
         """Keep the keep_top_k best-scoring of each image's detections."""
@@ -64,47 +102,120 @@ class Detect(nn.Module):
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.empty_like(order)
         rank[order] = torch.arange(order.numel(), device=img.device) - starts[img[order]]
-        return kept[rank < self.keep_top_k]
+        return kept[(rank < self.keep_top_k)].sort().values
 
     def _scatter(self, kept, group, scores, boxes, B, C):
-        """Write the kept detections (sorted by score) into ``[B, C, top_k, 5]``."""
+        """Write the kept detections into ``[B, C, top_k, 5]``. ``kept`` is
+        ordered by group, then by decreasing score."""
         out = torch.zeros(B * C, self.top_k, 5, device=scores.device)
         g = group[kept]
-        order = torch.sort(g, stable=True).indices         # by group, score order kept
-        kept, g = kept[order], g[order]
         counts = torch.bincount(g, minlength=B * C)
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.arange(g.numel(), device=g.device) - starts[g]
-        ok = slot < self.top_k
-        out[g[ok], slot[ok]] = torch.cat([scores[kept[ok], None], boxes[kept[ok]]], 1)
+        out[g, slot] = torch.cat([scores[kept, None], boxes[kept]], 1)
         return out.view(B, C, self.top_k, 5)
 
 
-def _top_k_per_group(scores, group, num_groups, k):
-    """Indices of the ``k`` best scores of every group, ordered by group, then
-    by decreasing score (ties: lower index first); and the kept count per
-    group ``[num_groups]``."""
-    order = scores.argsort(descending=True, stable=True)
-    order = order[group[order].argsort(stable=True)]
-    counts = torch.bincount(group, minlength=num_groups)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(order.numel(), device=order.device) - starts[group[order]]
-    keep = rank < k
-    return order[keep], counts.clamp(max=k)
+def _may_be_top_k(scores, group, num_groups, k, bins=1024):
+    """Bool mask over the candidates: False only for those certain not to be
+    among the ``k`` best of their group. The scores are binned by a monotone
+    map (``bins`` equal steps from the lowest to the highest score); per
+    group, the highest bin at or above which lie ``k`` candidates is the
+    floor. Bins below it hold only scores beaten by ``k`` others; ties share a
+    bin. Linear in the candidates: a histogram, no sort."""
+    lo, hi = scores.min(), scores.max()
+    scale = bins / (hi - lo).clamp(min=torch.finfo(scores.dtype).tiny)
+    b = ((scores - lo) * scale).clamp_(0, bins - 1).long()
+    hist = torch.bincount(group * bins + b, minlength=num_groups * bins)
+    at_least = hist.view(num_groups, bins).flip(1).cumsum(1).flip(1)
+    floor = ((at_least >= k).sum(1) - 1).clamp_(min=0)
+    return b >= floor[group]
+
+
+def _sort_within_groups(group, scores):
+    """Permutation that orders candidates by ``group`` (ascending), then by
+    decreasing score, ties by position: one stable sort of int64 keys, the
+    group in the high 32 bits and the float32 score's order-preserving bit
+    pattern, inverted, in the low 32 (exact for every float, no host sync)."""
+    bits = scores.view(torch.int32).long()
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)     # monotone in the float
+    key = (group << 32) + (0x7FFFFFFF - bits)
+    return key.sort(stable=True).indices
 
 
 def _nms_per_group(boxes, scores, group, counts, iou_thresh):
     """NMS within each group. ``boxes``/``scores``/``group`` are ordered by
     group, then by decreasing score; ``counts [G]`` is the size of each group.
-    Returns indices of the kept boxes, by group then decreasing score. On the
-    CPU, torchvision's ``nms`` runs on each group's slice (cheaper than
-    ``batched_nms``, which compares boxes across groups or searches for each
-    group's members); elsewhere ``batched_nms`` does it in one call."""
+    Returns indices of the kept boxes, by group then decreasing score.
+
+    On the CPU, torchvision's ``nms`` runs on each group's slice: its kernel
+    compares each kept box with every later one, so one ``batched_nms`` over
+    all groups would cost far more. The kernel releases the GIL, so with
+    ``torch.get_num_threads() > 1`` and enough work the slices are shared
+    among that many threads. Elsewhere ``batched_nms`` does it in one call."""
     if boxes.device.type != 'cpu':
         kept = batched_nms(boxes, scores, group, iou_thresh)
         return kept.sort().values
-    out, start = [], 0
-    for n in counts[counts > 0].tolist():
-        out.append(nms(boxes[start:start + n], scores[start:start + n], iou_thresh) + start)
-        start += n
-    return torch.cat(out) if out else group.new_zeros(0)
+    sizes = counts[counts > 0].tolist()
+    if not sizes:
+        return group.new_zeros(0)
+    runs = _split_work(sizes, torch.get_num_threads())
+    if len(runs) > 1:
+        ends = [sum(sizes[:j]) for _, j in runs]
+        starts = [0] + ends[:-1]
+        futures = [_pool().submit(_nms_slices, boxes[a:b], scores[a:b], sizes[i:j], iou_thresh)
+                   for (i, j), a, b in zip(runs[1:], starts[1:], ends[1:])]
+        i, j = runs[0]
+        keeps = _nms_slices(boxes[:ends[0]], scores[:ends[0]], sizes[i:j], iou_thresh)
+        for f in futures:
+            keeps += f.result()
+    else:
+        keeps = _nms_slices(boxes, scores, sizes, iou_thresh)
+    offsets = torch.tensor(sizes).cumsum(0) - torch.tensor(sizes)
+    lengths = torch.tensor([k.shape[0] for k in keeps])
+    return torch.cat(keeps) + offsets.repeat_interleave(lengths)
+
+
+def _nms_slices(boxes, scores, sizes, iou_thresh):
+    """torchvision's ``nms`` on consecutive slices of ``sizes`` rows; the kept
+    indices of each, local to its slice (a slice of one box keeps it)."""
+    op = torch.ops.torchvision.nms
+    return [op(b, s, iou_thresh) if n > 1 else _ONE
+            for b, s, n in zip(boxes.split(sizes), scores.split(sizes), sizes)]
+
+
+_ONE = torch.zeros(1, dtype=torch.long)
+PARALLEL_WORK = 400_000     # sum of squared slice sizes worth a second thread
+
+
+def _split_work(sizes, threads):
+    """Split the slices into at most ``threads`` consecutive runs ``(i, j)``
+    of about equal NMS work (the square of a slice's size); one run when the
+    work is small."""
+    work = [n * n for n in sizes]
+    total = sum(work)
+    parts = min(threads, len(sizes), total // PARALLEL_WORK + 1)
+    if parts <= 1:
+        return [(0, len(sizes))]
+    runs, i, acc = [], 0, 0
+    for j, w in enumerate(work):
+        acc += w
+        if acc >= total * (len(runs) + 1) / parts and len(runs) < parts - 1:
+            runs.append((i, j + 1))
+            i = j + 1
+    return runs + [(i, len(sizes))]
+
+
+_POOL = (None, None)
+
+
+def _pool():
+    """A small thread pool for :func:`_nms_per_group`, made again in a
+    forked child (whose copy has no threads)."""
+    global _POOL
+    pid, pool = _POOL
+    if pool is None or pid != os.getpid():
+        pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() - 1),
+                                  thread_name_prefix='detect-nms')
+        _POOL = (os.getpid(), pool)
+    return pool
