@@ -31,8 +31,9 @@ class MultiBoxLoss(nn.Module):
     tuned for that scale. Without the division the gradient grows with the
     number of objects in the batch (hundreds of positives at batch 32), so the
     effective learning rate is a hundred times too large and varies from batch
-    to batch: training is unstable or must use a smaller lr, and ends several
-    mAP points lower. N is clamped to at least 1, so that a batch with no
+    to batch: training diverges, or must use a smaller lr tuned per dataset
+    and batch size (measured in doc/loss_normalization.md, with what
+    ssd.pytorch's mining adds to it). N is clamped to at least 1, so that a batch with no
     objects gives a finite (zero) loss, never NaN; under DDP, N is summed over
     all processes, so that every GPU optimises the same objective as one GPU
     on the global batch. See ``doc/loss_normalization.md``.
