@@ -337,12 +337,13 @@ def read_coco_json(path, skip_bad=False):
 def coco_image_path(root, image_set, file_name):
     """The image file of ``file_name`` in the split ``image_set``: the
     first that exists of ``<part>/``, ``images/<part>/`` (when the name
-    says ``_train2014_``, ``_val2014_`` or ``_test2014_``), ``<image_set>/``
-    and ``images/<image_set>/``. When none exists, the first of them (the
+    says ``_train2014_``, ``_val2014_`` or ``_test2014_``), ``<image_set>/``,
+    ``images/<image_set>/``, ``images/`` and ``root`` itself (a custom COCO
+    JSON folder with one image folder). When none exists, the first of them (the
     folder the name points to), so every tool names the same missing file.
     A name that would leave ``root`` raises DatasetError."""
     name = str(file_name)
-    dirs = [image_set, osp.join('images', image_set)]
+    dirs = [image_set, osp.join('images', image_set), 'images', '']
     for part in ('train2014', 'val2014', 'test2014'):
         if f'_{part}_' in name:
             dirs[:0] = [part, osp.join('images', part)]

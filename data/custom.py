@@ -8,6 +8,11 @@ VOC-style (``CustomDetection``)::
     ROOT/ImageSets/Main/<split>.txt   ids, one a line (without ImageSets:
                                       every XML in Annotations/)
 
+COCO JSON (``data.coco.COCODetection``)::
+
+    ROOT/annotations/instances_<split>.json   one file per split (train, val, ...)
+    ROOT/<split>/<file_name>                  or ROOT/images/<split>/, ROOT/images/
+
 YOLO (``YOLODetection``)::
 
     ROOT/classes.txt                  (or obj.names, <name>.names)
@@ -144,11 +149,21 @@ class YOLODetection(DetectionDataset):
 
 
 def open_custom(root, image_set='train', **kw):
-    """CustomDetection or YOLODetection, whichever layout ``root`` has."""
+    """CustomDetection, YOLODetection or, for a COCO JSON folder
+    (``ROOT/annotations/instances_<split>.json``, the images in
+    ``ROOT/<split>/``, ``ROOT/images/<split>/`` or ``ROOT/images/``; the
+    classes are the JSON's categories), COCODetection: whichever layout
+    ``root`` has."""
+    from .factory import is_coco_json_folder
     if osp.isdir(osp.join(root, 'Annotations')):
         return CustomDetection(root, image_set, **kw)
+    if is_coco_json_folder(root):
+        from .coco import COCODetection
+        kw.setdefault('dataset_name', osp.basename(osp.normpath(root)))
+        return COCODetection(root, image_set, **kw)
     if osp.isdir(osp.join(root, 'images')):
         return YOLODetection(root, image_set, **kw)
     raise DatasetError(f'{root}: not a custom dataset: expected Annotations/ '
-                       '+ JPEGImages/ + classes.txt (VOC style) or images/ + '
-                       'labels/ + classes.txt (YOLO)')
+                       '+ JPEGImages/ + classes.txt (VOC style), images/ + '
+                       'labels/ + classes.txt (YOLO) or annotations/instances_<split>.json '
+                       '(COCO JSON)')
