@@ -153,7 +153,7 @@ def dataset_name(name):
 #: The held-out split that evaluation uses when none is named (``eval.py``,
 #: ``test.py`` and evaluation during training): the first one present.
 EVAL_SPLITS = {'VOC': ('test',), 'COCO': ('val2017', 'val2014'),
-               'shapes': ('val',), 'custom': ('val', 'test')}
+               'shapes': ('val',), 'custom': ('val', 'test', 'val2017')}
 
 
 def eval_splits(name):
@@ -188,6 +188,32 @@ def schedule_defaults(cfg):
     out.update({k: cfg[k] for k in SCHEDULE_KEYS if k in cfg})
     out['lr_steps'] = tuple(s for s in out['lr_steps'] if s < out['max_iter'])
     return out
+
+
+#: Images of VOC07+12 trainval (5011 + 11540): the paper's 120k iterations
+#: at batch 32 are 232 epochs of it.
+VOC0712_TRAINVAL_IMAGES = 16551
+
+
+def scaled_schedule(num_images, batch_size, max_iter=None):
+    """The schedule of custom data, scaled to its size: as many epochs as
+    the paper's VOC schedule (120k iterations at batch 32 over the 16551
+    images of VOC07+12, 232 epochs), rounded up to a multiple of 100 and at
+    most 120k; lr steps at 2/3 and 5/6 of it (VOC's 80k and 100k of 120k),
+    evaluation every 1/12 (10k) and snapshots every 1/24 (5k). ``max_iter``
+    (a ``--max_iter`` given) keeps the iterations and scales the rest.
+    Returns a dict with ``max_iter``, ``lr_steps``, ``eval_every`` and
+    ``save_every``: 500 images at batch 32 give 3700 iterations, steps 2466
+    and 3083, evaluation every 308, snapshots every 154."""
+    if max_iter is None:
+        epochs = voc['max_iter'] * PAPER['batch_size'] / VOC0712_TRAINVAL_IMAGES
+        its = -(-epochs * max(int(num_images), 1) // max(int(batch_size), 1))
+        max_iter = int(min(voc['max_iter'], max(100, -(-its // 100) * 100)))
+    frac = [s / voc['max_iter'] for s in voc['lr_steps'] if s < voc['max_iter']]
+    return dict(max_iter=int(max_iter),
+                lr_steps=tuple(int(max_iter * f) for f in frac),
+                eval_every=max(1, max_iter * PAPER['eval_every'] // voc['max_iter']),
+                save_every=max(1, max_iter * PAPER['save_every'] // voc['max_iter']))
 
 
 def schedule_config(name, size=300):
