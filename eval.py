@@ -23,6 +23,10 @@ def parse_args(argv=None):
                    help='File path to save results (devkit files, PR curves, COCO JSON)')
     p.add_argument('--confidence_threshold', default=0.01, type=float,
                    help='Detection confidence threshold')
+    p.add_argument('--keep_top_k', default=None, type=int,
+                   help='Keep at most this many detections per image after NMS, across '
+                        'classes (Caffe and the paper: 200; default: no cap, as ssd.pytorch; '
+                        'see doc/reproduction.md)')
     p.add_argument('--top_k', default=200, type=int,
                    help='Detections kept per class before NMS (ssd.pytorch parsed 5 '
                         'but never used it; its Detect kept 200)')

@@ -58,6 +58,7 @@ def evaluate_network(args, metrics):
                                        channel_order='BGR' if args.bgr else args.channel_order)
     print(f'Finished loading model! ({net.cfg["name"]} SSD{net.size}, '
           f'{num_classes} classes, {order} input, {device.type})')
+    net.detect.keep_top_k = getattr(args, 'keep_top_k', None)   # Caffe's per-image cap
     n = len(dataset) if not args.num_images else min(args.num_images, len(dataset))
     indices = range(n)
     dets = detect_dataset(net, dataset, device, args.batch_size, args.num_workers,
