@@ -35,7 +35,7 @@ from typing import NamedTuple
 import torch
 
 from data.config import CONFIGS, DATASETS, config_for, dataset_name
-from utils.checkpoint import CheckpointError, extract_state_dict, load_file
+from utils.checkpoint import CheckpointError, check_finite, extract_state_dict, load_file
 
 CHANNEL_ORDERS = ('RGB', 'BGR')
 # file-name patterns (lower case, on the base name) -> channel order
@@ -129,10 +129,11 @@ def _candidates(num_classes, size=None, dataset=None):
     return out
 
 
-def infer_config(sd, size=None, dataset=None, hint=None, path='<weights>'):
+def infer_config(sd, size=None, dataset=None, hint=None, path='<weights>', suggest=True):
     """The config dict whose network has exactly the shapes of ``sd``.
 
-    ``size`` and ``dataset`` are the user's overrides; ``hint`` (a
+    ``size`` and ``dataset`` are the user's overrides (``suggest``: when
+    ``size`` does not fit and the other size does, say so); ``hint`` (a
     checkpoint's args) may give 'dataset' and 'size', used first when the
     user gave none."""
     hint = hint or {}
@@ -145,9 +146,26 @@ def infer_config(sd, size=None, dataset=None, hint=None, path='<weights>'):
             if _meta_state_shapes(cfg, num_classes) == want:
                 return cfg
             tried.append(f"{cfg['name']} at {cfg['min_dim']}")
+    other = _other_size(sd, size, dataset, path) if suggest else None
+    if other:
+        raise CheckpointError(f'{path}: these are SSD{other} weights, not SSD{size}: '
+                              f'pass --size {other}')
     raise CheckpointError(f'{path}: its shapes fit none of the models tried '
                           f'({", ".join(dict.fromkeys(tried))}; {num_classes} classes); '
                           f'pass --size/--dataset')
+
+
+def _other_size(sd, size, dataset=None, path='<weights>'):
+    """The input size (300 or 512) that ``sd`` fits when it does not fit
+    ``size``; None when neither does or no size was asked for."""
+    if not size or dataset == 'shapes':
+        return None
+    other = 512 if int(size) == 300 else 300
+    try:
+        infer_config(sd, other, dataset, path=path, suggest=False)
+    except CheckpointError:
+        return None
+    return other
 
 
 def dataset_classes(name, dataset_root=None):
@@ -205,7 +223,8 @@ def read_weights(path):
     :class:`CheckpointError` when it is unreadable or holds no state dict."""
     path = os.fspath(path)
     obj = load_file(path)
-    return WeightFile(path, obj, extract_state_dict(obj, path), _metadata(obj))
+    state = check_finite(extract_state_dict(obj, path), path)
+    return WeightFile(path, obj, state, _metadata(obj))
 
 
 def dataset_of(weights, default='VOC'):
@@ -277,6 +296,33 @@ def load_weights(net, weights):
     try:
         net.load_state_dict(wf.state)
     except RuntimeError as e:
+        size = getattr(net, 'size', None)
+        other = _other_size(wf.state, size, path=wf.path) if size in (300, 512) else None
+        if other:
+            raise CheckpointError(f'{wf.path}: these are SSD{other} weights, not '
+                                  f'SSD{size}: pass --size {other}') from None
         first = ' '.join(x.strip() for x in str(e).strip().splitlines()[:2])
         raise CheckpointError(f'{wf.path}: does not fit this model ({first[:300]})') from None
     return wf
+
+
+def load_matching(net, weights):
+    """Load every tensor of a weight file (a path or a :class:`WeightFile`)
+    whose name and shape fit ``net`` (``train.py --pretrained``: a VOC or
+    COCO detector onto other classes); leave the others as they are.
+    Returns ``(WeightFile, loaded, not_loaded, unused)``: the keys of
+    ``net`` loaded, the keys of ``net`` not loaded (missing from the file or
+    of another shape: normally ``conf.*`` for another number of classes),
+    and the file's keys that ``net`` has not. A file without a single
+    fitting tensor is a one-line :class:`CheckpointError`."""
+    wf = weights if isinstance(weights, WeightFile) else read_weights(weights)
+    net = getattr(net, 'module', net)
+    own = net.state_dict()
+    fit = {k: v for k, v in wf.state.items()
+           if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not fit:
+        raise CheckpointError(f'{wf.path}: no tensor fits this model (not SSD weights, '
+                              'or another architecture)')
+    net.load_state_dict(fit, strict=False)
+    return (wf, [k for k in own if k in fit], [k for k in own if k not in fit],
+            [k for k in wf.state if k not in own])

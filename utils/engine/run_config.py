@@ -10,12 +10,15 @@ The schedule defaults come from ``data.config`` (``PAPER``,
 ``schedule_defaults``, ``schedule_config``).
 """
 import argparse
+import os
+import warnings
 
 import torch
 
-from data.config import (eval_splits, schedule_config, schedule_defaults,
-                         shapes as SHAPES_CFG)
+from data.config import (eval_splits, scaled_schedule, schedule_config,
+                         schedule_defaults, shapes as SHAPES_CFG)
 from utils.engine.cli import add_cuda_flag, add_dataset_flag, str2bool
+from utils.training.finetune import parse_freeze
 
 #: Flags whose defaults come from the dataset's schedule.
 SCHEDULE_FLAGS = ('batch_size', 'lr', 'momentum', 'weight_decay', 'gamma', 'warmup',
@@ -25,13 +28,41 @@ SCHEDULE_FLAGS = ('batch_size', 'lr', 'momentum', 'weight_decay', 'gamma', 'warm
 class RunConfig(argparse.Namespace):
     """Every setting of one training run, complete: the flags of
     :func:`build_parser` with no default left at None (except the shapes-only
-    ``train_images`` / ``val_images`` on other datasets), plus ``val_splits``:
-    the validation splits tried in order (empty when ``eval_every`` is 0).
+    ``train_images`` / ``val_images`` on other datasets, ``pretrained``, ``resume``
+    and ``val_set`` when not given), plus ``val_splits``:
+    the validation splits tried in order (empty when ``eval_every`` is 0 or
+    ``--val_set none``); ``train_sets`` is a tuple of image-set names.
     Build it with :func:`resolve_run_config` or :func:`parse_run_config`."""
 
 
 def int_list(v):
     return tuple(int(x) for x in v.replace(' ', '').split(',') if x)
+
+
+def positive_int(v):
+    """argparse type: an integer > 0 (a bad value is an argparse error)."""
+    n = int(v)
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f'must be a positive integer, got {v}')
+    return n
+
+
+def non_negative_int(v):
+    """argparse type: an integer >= 0."""
+    n = int(v)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f'must be 0 or a positive integer, got {v}')
+    return n
+
+
+def default_workers(cap=4):
+    """DataLoader workers per process when --num_workers is not given: 4,
+    never more than the CPUs this process may use (torch warns above that)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(0, min(cap, cpus))
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -57,14 +88,15 @@ def build_parser():
     a('--basenet', default=None,
       help='ImageNet VGG16 reduced-fc weights for net.vgg (in weights/); none: from scratch '
            '(default: vgg16_reducedfc.pth; none for the shapes preset)')
-    a('--batch_size', default=None, type=int,
+    a('--batch_size', default=None, type=positive_int,
       help='GLOBAL batch size (split over torchrun processes); the default follows the dataset schedule: 32, or 16 for shapes')
     a('--resume', default=None, type=str,
       help='checkpoint.pth (continues exactly) or weights-only .pth (with --start_iter)')
     a('--start_iter', default=0, type=int,
       help='first iteration when --resume is a weights-only file')
-    a('--num_workers', default=None, type=int,
-      help='DataLoader workers per process (default: 4; 0 for shapes, generated in memory)')
+    a('--num_workers', default=None, type=non_negative_int,
+      help='DataLoader workers per process (default: 4, at most the CPUs available; '
+           '0 for shapes, generated in memory)')
     add_cuda_flag(p)
     a('--lr', '--learning-rate', default=None, type=float, help='initial learning rate (default: the schedule\'s: 1e-3, shapes 5e-3)')
     a('--momentum', default=None, type=float, help='SGD momentum (default: the schedule\'s: 0.9)')
@@ -75,15 +107,15 @@ def build_parser():
     # new flags
     a('--size', default=300, type=int, choices=[300, 512],
       help='SSD300 or SSD512 (the shapes preset has its own size)')
-    a('--max_iter', default=None, type=int, help='iterations (default: the config\'s)')
+    a('--max_iter', default=None, type=positive_int, help='iterations (default: the config\'s)')
     a('--lr_steps', default=None, type=int_list,
       help='comma-separated iterations where lr *= gamma (default: the config\'s)')
     a('--warmup', default=None, type=int, help='linear lr warm-up iterations (default: 0, shapes 50)')
     a('--optimizer', default=None, choices=['sgd', 'adamw'],
       help='sgd (the paper; default) or adamw (the shapes preset\'s short schedule)')
-    a('--save_every', default=None, type=int,
+    a('--save_every', default=None, type=positive_int,
       help='iterations between snapshots and checkpoint.pth (default 5000)')
-    a('--eval_every', default=None, type=int,
+    a('--eval_every', default=None, type=non_negative_int,
       help='iterations between validation VOC07 mAP runs, also run at the end; keeps '
            '<name>_best.pth (default: the schedule\'s, 10000, or 400 for shapes; 0: never)')
     a('--eval_batch_size', default=16, type=int)
@@ -103,13 +135,33 @@ def build_parser():
     a('--quiet', action='store_true', help='no progress bar')
     a('--threads', default=None, type=int,
       help='torch CPU threads (default: torch\'s choice, the number of cores)')
-    a('--channel_order', default='RGB', choices=['RGB', 'BGR'],
-      help='BGR for Caffe-converted basenets')
+    a('--channel_order', default=None, choices=['RGB', 'BGR'],
+      help='network input channel order (default: RGB, or the order the --pretrained file '
+           'records or is known by; BGR for Caffe-converted weights)')
     a('--train_images', default=None, type=int, help='shapes: training images (default: 2000)')
     a('--val_images', default=None, type=int, help='shapes: validation images (default: 200)')
     a('--visdom_server', default='http://localhost')
     a('--visdom_port', default=8097, type=int)
     a('--visdom_env', default='SSD')
+    # fine-tuning, image sets, gradient accumulation (doc/training.md)
+    a('--pretrained', default=None,
+      help='start from a trained detector (ssd.pytorch\'s, ours, or converted from '
+           'torchvision or Caffe): every tensor whose shape fits is loaded, the rest (the conf '
+           'heads for other classes) re-initialised and listed in one line; iteration 0, a '
+           'fresh optimizer; replaces --basenet')
+    a('--freeze', default=(), type=parse_freeze,
+      help='comma-separated modules kept fixed (not in the optimizer): vgg, L2Norm, extras, '
+           'loc, conf; e.g. --freeze vgg')
+    a('--accum_steps', default=1, type=int,
+      help='gradient accumulation: each step runs K micro-batches of batch_size / '
+           '(processes x K) images, N summed over them (one step = one step on the whole batch)')
+    a('--train_sets', default=None,
+      help='comma-separated training image sets (default: VOC 2007_trainval,2012_trainval; '
+           'COCO train2017, else train2014; custom train, else trainval; see data/factory.py)')
+    a('--val_set', default=None,
+      help='validation image set (default: VOC 2007_test; COCO val2017, else val2014; custom '
+           'val, else test: none on disk turns evaluation off with a warning); none: no '
+           'evaluation')
     return p
 
 
@@ -122,31 +174,89 @@ def resolve_run_config(args):
     if shapes:
         c.size = SHAPES_CFG['min_dim']          # the preset has its own size
     d = schedule_defaults(schedule_config(c.dataset, c.size))
+    _resolve_sets(c)
+    if c.dataset == 'custom':       # the schedule scaled to the dataset's size
+        d.update(_custom_schedule(c, d['batch_size'] if c.batch_size is None
+                                  else c.batch_size))
     for k in SCHEDULE_FLAGS:
         if getattr(c, k, None) is None:
             setattr(c, k, d[k])
     c.lr_steps = tuple(int(s) for s in (d['lr_steps'] if c.lr_steps is None else c.lr_steps))
+    _resolve_pretrained(c)
     if c.basenet is None:
         c.basenet = 'none' if shapes else 'vgg16_reducedfc.pth'
     if c.num_workers is None:     # shapes: in memory; a worker would contend with torch's threads
-        c.num_workers = 0 if shapes else 4
+        c.num_workers = 0 if shapes else default_workers()
     if c.threads is None:
         c.threads = torch.get_num_threads()
     if c.cuda is None:            # the device rule (utils.engine.cli.select_device)
         c.cuda = torch.cuda.is_available()
+    if shapes:
+        from data.shapes import DEFAULT_SIZES
+        c.train_images = c.train_images or DEFAULT_SIZES['train']
+        c.val_images = c.val_images or DEFAULT_SIZES['val']
+    late = [s for s in c.lr_steps if s >= c.max_iter]
+    if late:
+        warnings.warn(f'--lr_steps {",".join(map(str, late))} at or beyond --max_iter '
+                      f'{c.max_iter}: never reached', RuntimeWarning)
+    if c.val_set is None:
+        c.val_splits = tuple(eval_splits(c.dataset)) if c.eval_every else ()
+    else:
+        c.val_splits = (c.val_set,) if c.eval_every and c.val_set.lower() != 'none' else ()
+    _check_accum(c)
+    return c
+
+
+def _resolve_sets(c):
+    """--train_sets (a tuple; the dataset's default when not given) and
+    --val_set (checked when given). Needs --dataset_root."""
+    from data.factory import default_train_sets, has_split, parse_sets
     if c.dataset_root is None and c.dataset in ('VOC', 'COCO'):
         from data import COCO_ROOT, VOC_ROOT
         c.dataset_root = VOC_ROOT if c.dataset == 'VOC' else COCO_ROOT
     if c.dataset == 'custom' and not c.dataset_root:
         raise ValueError('--dataset custom needs --dataset_root')
-    if shapes:
-        from data.shapes import DEFAULT_SIZES
-        c.train_images = c.train_images or DEFAULT_SIZES['train']
-        c.val_images = c.val_images or DEFAULT_SIZES['val']
-    if c.eval_every < 0 or c.save_every <= 0:
-        raise ValueError('--eval_every must be >= 0 and --save_every > 0')
-    c.val_splits = tuple(eval_splits(c.dataset)) if c.eval_every else ()
-    return c
+    c.train_sets = parse_sets(c.train_sets) or default_train_sets(c.dataset, c.dataset_root)
+    if c.val_set is not None and c.val_set.lower() != 'none' and \
+            not has_split(c.dataset, c.dataset_root, c.val_set):
+        raise ValueError(f'--val_set {c.val_set}: not found in {c.dataset_root} '
+                         '(--val_set none: no evaluation)')
+
+
+def _custom_schedule(c, batch_size):
+    """Custom data: the VOC schedule scaled to the number of training
+    images (``data.config.scaled_schedule``); flags given keep their value."""
+    from data import get_dataset
+    n = len(get_dataset('custom', c.dataset_root, c.train_sets))
+    return scaled_schedule(n, batch_size, c.max_iter)
+
+
+def _resolve_pretrained(c):
+    """--pretrained replaces --basenet; its channel order is the default."""
+    if c.pretrained:
+        if c.resume:
+            raise ValueError('--pretrained starts a new run from a trained detector and '
+                             '--resume continues one: give one of them')
+        if c.basenet is not None:
+            raise ValueError('--pretrained replaces --basenet: give one of them')
+        c.basenet = 'none'
+    if c.channel_order is None:
+        c.channel_order = 'RGB'
+        if c.pretrained and os.path.isfile(c.pretrained):
+            from utils.weights import channel_order_for
+            c.channel_order = channel_order_for(c.pretrained)
+
+
+def _check_accum(c):
+    """--accum_steps K: the global batch splits into processes x K
+    micro-batches."""
+    from utils.training.distributed import env_world_size
+    world = env_world_size()
+    if c.accum_steps < 1:
+        raise ValueError('--accum_steps must be >= 1')
+    if c.batch_size % (world * c.accum_steps):
+        raise ValueError(f'--batch_size {c.batch_size} is the global batch and must be '
+                         f'divisible by processes x --accum_steps ({world} x {c.accum_steps})')
 
 
 def parse_run_config(argv=None):

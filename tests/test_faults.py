@@ -1,0 +1,163 @@
+"""Faults during training and bad settings (issue 10): flags refused when
+parsed, short weight-file errors, a full disk or an unwritable folder, a
+killed save's temporary file, a failing run that saves first, bad samples
+(with and without DataLoader workers, with --skip_bad), one run per save
+folder."""
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import torch
+
+import train
+from data.config import shapes
+from ssd import build_ssd
+from utils.checkpoint import (CheckpointError, SaveError, atomic_save, load_file,
+                              remove_stale_temp)
+from utils.engine.run_config import default_workers, parse_run_config
+from utils.weights import build_from_weights, load_weights, read_weights
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--dataset', 'shapes', '--batch_size', '2', '--train_images', '6',
+        '--quiet', '--log_every', '1', '--eval_every', '0', '--num_workers', '0']
+
+
+def run(folder, *extra):
+    return train.main(TINY + ['--save_folder', str(folder)] + [str(e) for e in extra])
+
+
+def one_error_line(err, script='train.py'):
+    """The stderr of a failed script holds exactly one error line and no
+    traceback; return that line."""
+    assert 'Traceback' not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if f'{script}: error:' in ln]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+# ------------------------------------------------------------------ flags
+
+@pytest.mark.parametrize('flag,value', [('--batch_size', '0'), ('--save_every', '0'),
+                                        ('--max_iter', '-1'), ('--max_iter', '0'),
+                                        ('--eval_every', '-5'), ('--batch_size', '-2')])
+def test_bad_flag_is_an_argparse_error(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + [flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    assert f'error: argument {flag}:' in err and value in err.splitlines()[-1]
+
+
+def test_eval_every_zero_is_allowed_and_lr_steps_beyond_max_iter_warn():
+    with pytest.warns(RuntimeWarning, match='--lr_steps 500 at or beyond --max_iter 100'):
+        c = parse_run_config(['--dataset', 'shapes', '--max_iter', '100',
+                              '--lr_steps', '50,500', '--eval_every', '0'])
+    assert c.eval_every == 0 and c.val_splits == ()
+
+
+def test_default_workers_never_exceed_the_available_cpus(monkeypatch):
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0})
+    assert default_workers() == 1
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(64)))
+    assert default_workers() == 4
+
+
+# ----------------------------------------------------------- weight files
+
+def _shapes_state():
+    torch.manual_seed(0)
+    return build_ssd('train', cfg=shapes, num_classes=6).state_dict()
+
+
+def test_weight_file_errors_are_one_short_sentence(tmp_path):
+    sd = _shapes_state()
+    torch.save(sd, tmp_path / 'ok.pth')
+    data = (tmp_path / 'ok.pth').read_bytes()
+    (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
+    (tmp_path / 'empty.pth').write_bytes(b'')
+    (tmp_path / 'text.pth').write_bytes(b'this is not a weight file\n' * 10)
+
+    class Code:
+        def __reduce__(self):
+            return (os.system, ('echo never',))
+    torch.save({'model': Code()}, tmp_path / 'code.pth')
+    expect = {'cut.pth': 'truncated or corrupted', 'empty.pth': 'empty or truncated',
+              'text.pth': 'not a PyTorch weight file',
+              'code.pth': 'refused because loading it could run code'}
+    for name, words in expect.items():
+        with pytest.raises(CheckpointError) as e:
+            read_weights(tmp_path / name)
+        msg = str(e.value)
+        assert msg.startswith(str(tmp_path / name) + ': ') and words in msg, msg
+        assert 'weights_only' not in msg and '\n' not in msg and len(msg) < 200 + len(str(tmp_path))
+
+
+def test_weights_with_nan_name_the_first_bad_tensor(tmp_path):
+    sd = _shapes_state()
+    sd['conf.1.bias'][2] = float('nan')
+    sd['conf.3.weight'][0, 0, 0, 0] = float('inf')   # a later tensor
+    torch.save({'model': sd, 'iteration': 3}, tmp_path / 'nan.pth')
+    with pytest.raises(CheckpointError, match=r'nan.pth: tensor conf.1.bias holds 1 NaN/Inf'):
+        read_weights(tmp_path / 'nan.pth')
+
+
+def test_ssd512_weights_as_300_suggest_the_size(tmp_path):
+    torch.save(build_ssd('train', 512, 21).state_dict(), tmp_path / 'w512.pth')
+    with pytest.raises(CheckpointError, match=r'w512.pth: these are SSD512 weights, not '
+                                              r'SSD300: pass --size 512$'):
+        build_from_weights(tmp_path / 'w512.pth', size=300)
+    with pytest.raises(CheckpointError, match='pass --size 512$'):
+        load_weights(build_ssd('train', 300, 21), tmp_path / 'w512.pth')
+    torch.save(build_ssd('train', 300, 21).state_dict(), tmp_path / 'w300.pth')
+    with pytest.raises(CheckpointError, match='SSD300 weights, not SSD512: pass --size 300$'):
+        build_from_weights(tmp_path / 'w300.pth', size=512)
+
+
+# ------------------------------------------------------ disk and folders
+
+@contextlib.contextmanager
+def small_tmpfs(path, size='3m'):
+    """A tmpfs of ``size`` mounted on ``path``; skips the test where the
+    machine does not allow it (not root, no mount)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip('mounting a small tmpfs needs root')
+    p = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)],
+                       capture_output=True, text=True)
+    if p.returncode:
+        pytest.skip(f'cannot mount a tmpfs here: {p.stderr.strip()}')
+    try:
+        yield path
+    finally:
+        subprocess.run(['umount', '-l', str(path)], capture_output=True)
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path):
+    with small_tmpfs(tmp_path / 'small', '1m') as folder:
+        small = {'w': torch.arange(1000.)}
+        atomic_save(small, folder / 'checkpoint.pth')
+        with pytest.raises(SaveError) as e:
+            atomic_save({'w': torch.zeros(1_000_000)}, folder / 'checkpoint.pth')
+        assert str(e.value) == (f'{folder}: no space left on device while writing '
+                                'checkpoint.pth (the previous one is kept)')
+        assert torch.equal(load_file(folder / 'checkpoint.pth')['w'], small['w'])
+        assert os.listdir(folder) == ['checkpoint.pth']     # no .tmp-*.pth left
+
+
+def test_unwritable_folder_is_one_line(tmp_path):
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(SaveError, match='file: .*while writing checkpoint.pth'):
+        atomic_save({'w': torch.ones(2)}, tmp_path / 'file' / 'checkpoint.pth')
+
+
+def test_temporary_file_of_a_killed_save_is_removed(tmp_path):
+    (tmp_path / '.tmp-abc123.pth').write_bytes(b'half a checkpoint')
+    (tmp_path / 'keep.pth').write_bytes(b'x')
+    assert remove_stale_temp(tmp_path) == ['.tmp-abc123.pth']
+    assert sorted(os.listdir(tmp_path)) == ['keep.pth']
