@@ -122,6 +122,9 @@ class ExportableSSD(nn.Module):
         super().__init__()
         self.net = net
         det = net.detect
+        if getattr(det, 'keep_top_k', None) is not None:
+            raise ValueError('keep_top_k (a cap per image across classes) is not exported; '
+                             'build the net without it')
         self.detect = ExportDetect(net.num_classes, top_k or det.top_k, det.conf_thresh,
                                    det.nms_thresh, det.variance)
 
