@@ -91,7 +91,8 @@ def build_parser():
     a('--batch_size', default=None, type=positive_int,
       help='GLOBAL batch size (split over torchrun processes); the default follows the dataset schedule: 32, or 16 for shapes')
     a('--resume', default=None, type=str,
-      help='checkpoint.pth (continues exactly) or weights-only .pth (with --start_iter)')
+      help='checkpoint.pth (continues exactly) or weights-only .pth (with --start_iter); '
+           'auto: --save_folder/checkpoint.pth when it exists, else a fresh start')
     a('--start_iter', default=0, type=int,
       help='first iteration when --resume is a weights-only file')
     a('--num_workers', default=None, type=non_negative_int,
@@ -131,6 +132,12 @@ def build_parser():
       help='on a NaN/Inf loss: stop with a message, or skip the update and count')
     a('--nan_max_skips', default=20, type=int,
       help='with --nan_policy skip: stop after this many non-finite steps in a row')
+    a('--skip_bad', action='store_true',
+      help='skip a bad training sample (unreadable image or annotation), naming it once, '
+           'instead of stopping (default: stop with one line naming the file, after '
+           'saving checkpoint.pth)')
+    a('--max_bad', default=100, type=positive_int,
+      help='with --skip_bad: stop when more than this many different samples are bad')
     a('--log_every', default=10, type=int, help='iterations per metrics.csv row')
     a('--quiet', action='store_true', help='no progress bar')
     a('--threads', default=None, type=int,
@@ -182,6 +189,11 @@ def resolve_run_config(args):
         if getattr(c, k, None) is None:
             setattr(c, k, d[k])
     c.lr_steps = tuple(int(s) for s in (d['lr_steps'] if c.lr_steps is None else c.lr_steps))
+    if c.resume == 'auto':        # elastic restarts: continue when a checkpoint exists
+        ckpt = os.path.join(c.save_folder, 'checkpoint.pth')
+        c.resume = ckpt if os.path.isfile(ckpt) else None
+        if c.resume and getattr(c, 'pretrained', None):
+            c.pretrained = None   # the checkpoint continues the run it started
     _resolve_pretrained(c)
     if c.basenet is None:
         c.basenet = 'none' if shapes else 'vgg16_reducedfc.pth'
@@ -232,11 +244,10 @@ def _custom_schedule(c, batch_size):
 
 
 def _resolve_pretrained(c):
-    """--pretrained replaces --basenet; its channel order is the default."""
+    """--pretrained replaces --basenet; its channel order is the default.
+    With --resume too, the run continues from --resume (the same command
+    line can start a fine-tuning run and restart it)."""
     if c.pretrained:
-        if c.resume:
-            raise ValueError('--pretrained starts a new run from a trained detector and '
-                             '--resume continues one: give one of them')
         if c.basenet is not None:
             raise ValueError('--pretrained replaces --basenet: give one of them')
         c.basenet = 'none'

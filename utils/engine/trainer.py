@@ -19,15 +19,17 @@ from data.config import shapes as SHAPES_CFG
 from layers import MultiBoxLoss
 from ssd import build_ssd
 from utils.training import distributed as D
-from utils.checkpoint import CheckpointError, atomic_save, load_into
+from utils.checkpoint import CheckpointError, SaveError, atomic_save, load_into, remove_stale_temp
 from utils.weights import load_weights, read_weights
+from utils.training.lock import SaveFolderLock
 from utils.training.logger import TrainLogger, VisdomPlotter, plot_loss_curves
 from data.loader import make_loader, seed_all
 from utils.training.schedule import init_weights, lr_at, make_optimizer, set_lr
 from utils.training.state import (full_state, get_rng_state, is_full_checkpoint,
                                   restore_full_state, set_rng_state)
-from utils.training.step import (AMP_DTYPES, NonFinitePolicy, StopSignal,
-                                 forward_backward, optimizer_step)
+from utils.training.step import (AMP_DTYPES, BadSamples, NonFinitePolicy, StopSignal,
+                                 forward_backward, forward_backward_accum, optimizer_step)
+from utils.training.finetune import freeze, init_from_pretrained
 
 VGG_HELP = ('download https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.pth '
             'into weights/ (see weights/README.md), or convert torchvision\'s ImageNet '
@@ -43,7 +45,7 @@ def build_datasets(c):
     from data import BaseTransform, SSDAugmentation, get_dataset
     shapes = c.dataset == 'shapes'
     augment = SHAPES_CFG.get('augment', {}) if shapes else {}    # the preset softens it
-    train_ds = get_dataset(c.dataset, c.dataset_root, None,
+    train_ds = get_dataset(c.dataset, c.dataset_root, c.train_sets,
                            transform=SSDAugmentation(c.size, MEANS, **augment),
                            **_dataset_kw(c, c.train_images))
     cfg = dict(SHAPES_CFG) if shapes else config_for(len(train_ds.classes) + 1, c.size)
@@ -125,8 +127,17 @@ def setup(args, info):
     r.batch = D.per_rank_batch(args.batch_size, info.world_size)
     net = build_ssd('train', r.cfg['min_dim'], r.cfg['num_classes'], cfg=r.cfg)
     ckpt = read_weights(args.resume) if args.resume else None
-    if ckpt is None:
+    r.notes = []
+    if ckpt is None and args.pretrained:     # a trained detector, iteration 0
+        r.basenet = None
+        r.notes.append(init_from_pretrained(net, args.pretrained)[1])
+    elif ckpt is None:
         r.basenet = load_basenet(net, args)
+    if ckpt is not None and args.pretrained:
+        r.notes.append(f'--pretrained {args.pretrained} not used: continuing from --resume')
+    if args.freeze:
+        n = freeze(net, args.freeze)
+        r.notes.append(f'frozen: {", ".join(args.freeze)} ({n} parameters)')
     if args.sync_bn and info.distributed:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -144,6 +155,7 @@ def setup(args, info):
     if info.distributed:
         ids = [info.device] if info.device.type == 'cuda' else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    r.ddp = model if info.distributed else None
     r.model = torch.compile(model) if args.compile else model
     r.criterion = MultiBoxLoss(r.cfg['num_classes'], 0.5, True, 0, True, 3, 0.5, False,
                                info.device.type == 'cuda', variance=r.cfg['variance'],
@@ -185,6 +197,25 @@ def save_checkpoint(r, it):
         atomic_save(full_state(r.net, r.optimizer, r.scaler, it, r.schedule, r.args,
                                r.best_map, r.policy.skipped),
                     os.path.join(r.args.save_folder, 'checkpoint.pth'))
+
+
+def save_on_error(r, e):
+    """A run stopping on the error ``e`` saves ``checkpoint.pth`` at the last
+    completed iteration first (rank 0), when its state is sound: not in the
+    middle of an optimiser step, not a failed save (the disk is full or the
+    folder unwritable: the previous checkpoint stays), and past the
+    iteration it started at. The error's one-line message then says so."""
+    it = getattr(r, 'iteration', r.start_iter)
+    if not r.info.is_main or not getattr(r, 'sound', False) or isinstance(e, SaveError) \
+            or it <= r.start_iter:
+        return
+    try:
+        save_checkpoint(r, it)
+    except CheckpointError:
+        return
+    if len(e.args) == 1 and isinstance(e.args[0], str):
+        e.args = (f'{e.args[0]} [{os.path.join(r.args.save_folder, "checkpoint.pth")} '
+                  f'saved at iteration {it}: --resume it to continue]',)
 
 
 def save_weights(r, path):
@@ -230,13 +261,17 @@ def train(args):
     :class:`Run` (status 'finished' or 'interrupted'). Raises NonFiniteLoss /
     CheckpointError / ValueError with one-line messages."""
     info = D.init_distributed(args.cuda)
+    lock = None
     try:
-        if info.is_main:
-            os.makedirs(args.save_folder, exist_ok=True)
+        if info.is_main:          # one run per save folder (utils.training.lock)
+            lock = SaveFolderLock(args.save_folder).acquire()
+            remove_stale_temp(args.save_folder)
         r = setup(args, info)
         _loop(r)
         return r
     finally:
+        if lock is not None:
+            lock.release()
         D.cleanup()
 
 
@@ -247,10 +282,16 @@ def _loop(r):
     log = TrainLogger(args.save_folder, r.start_iter, args.max_iter, args.log_every,
                       vis, enabled=info.is_main, progress=not args.quiet)
     _describe(r, log)
+    D.check_same(r.start_iter, 'the iteration to start at', info.device)
+    say = log.write if info.is_main else \
+        (lambda m: print(f'rank {info.rank}: {m}', file=sys.stderr))
+    r.bad = BadSamples(args.max_bad, say)
     loader = make_loader(r.train_ds, r.batch, args.seed, r.start_iter,
                          args.max_iter, info.rank, info.world_size, args.num_workers,
-                         pin_memory=info.device.type == 'cuda')
-    it = r.start_iter
+                         pin_memory=info.device.type == 'cuda',
+                         skip_bad=args.skip_bad, on_skip=r.bad)
+    it = r.iteration = r.start_iter
+    r.sound = True
     try:
         with StopSignal() as stop:
             it = _iterate(r, loader, log, stop)
@@ -260,7 +301,12 @@ def _loop(r):
                 evaluate(r, it, log)
             save_weights(r, os.path.join(args.save_folder, f'{args.dataset}.pth'))
         save_checkpoint(r, it)
+    except Exception as e:
+        save_on_error(r, e)
+        raise
     finally:
+        if r.bad.summary():
+            say(r.bad.summary())
         log.close()
     if info.is_main and log.enabled:
         plot_loss_curves(log.csv_path, os.path.join(args.save_folder, 'loss.png'),
@@ -276,24 +322,39 @@ def _iterate(r, loader, log, stop):
     it = r.start_iter
     batches = iter(loader)
     while it < args.max_iter:
+        failed = None
         try:
             images, targets = next(batches)
-        except Exception:
+        except Exception as e:
             if stop.requested:           # a worker died of the same Ctrl-C
                 r.status = 'interrupted'
                 return it
-            raise
+            failed = e
+        if D.env_world_size() > 1:       # all stop together, before the step's collectives
+            who = D.first_failed(failed is not None, info.device)
+            if who is not None and failed is None:
+                raise D.PeerStopped(f'process {who} stopped on an error at iteration {it} '
+                                    '(its message above); stopping too')
+        if failed is not None:
+            raise failed
         lr = lr_at(it, args.lr, args.lr_steps, args.gamma, args.warmup)
         set_lr(r.optimizer, lr)
         images = images.to(info.device, non_blocking=True, memory_format=r.fmt)
         targets = [t.to(info.device, non_blocking=True) for t in targets]
-        loss_l, loss_c = forward_backward(r.model, r.criterion, images, targets,
-                                          r.amp_dtype, r.scaler)
+        if args.accum_steps > 1:        # K micro-batches, N summed over them
+            loss_l, loss_c = forward_backward_accum(
+                r.model, r.criterion, images, targets, args.accum_steps, r.net.priors,
+                r.amp_dtype, r.scaler, r.ddp)
+        else:
+            loss_l, loss_c = forward_backward(r.model, r.criterion, images, targets,
+                                              r.amp_dtype, r.scaler)
         vals = torch.stack([loss_l, loss_c]).tolist()   # the one host sync per step
         bad = not all(math.isfinite(v) for v in vals)
         bad, stopping = _agree(bad, stop.requested, info.device)
         if r.policy.check(it, vals[0], vals[1], bad):
+            r.sound = False              # a failure inside the update leaves no sound state
             optimizer_step(r.optimizer, r.scaler)
+            r.sound = True
         else:
             r.optimizer.zero_grad(set_to_none=True)
             log.write(f'iteration {it}: non-finite loss {vals}, update skipped '
@@ -301,6 +362,7 @@ def _iterate(r, loader, log, stop):
         log.step(it, vals[0], vals[1], lr, images.shape[0] * info.world_size,
                  r.policy.skipped)
         it += 1
+        r.iteration = it
         _periodic(r, it, log)
         if stopping:
             r.status = 'interrupted'
@@ -337,4 +399,8 @@ def _describe(r, log):
               f"{r.cfg['num_classes'] - 1} classes) on {r.info.device} x{r.info.world_size}; "
               f"batch {a.batch_size} (global), {a.optimizer} lr {a.lr:g}, steps {list(a.lr_steps)}, "
               f"warm-up {a.warmup}, iterations {r.start_iter}..{a.max_iter}"
-              + ('' if a.no_divide_by_n is False else '; loss NOT divided by N'))
+              + ('' if a.no_divide_by_n is False else '; loss NOT divided by N')
+              + (f'; {a.accum_steps} micro-batches of {a.batch_size // r.info.world_size // a.accum_steps} '
+                 'per step' if a.accum_steps > 1 else ''))
+    for note in getattr(r, 'notes', ()):
+        log.write(note)

@@ -29,13 +29,15 @@ def set_lr(optimizer, lr):
 def make_optimizer(net, lr, momentum, weight_decay, kind='sgd'):
     """SGD with momentum and weight decay on all parameters (the paper and
     ssd.pytorch), or AdamW (``betas=(momentum, 0.999)``) for short
-    from-scratch schedules such as the shapes preset."""
+    from-scratch schedules such as the shapes preset. Parameters with
+    ``requires_grad`` False (``--freeze``) are left out."""
+    params = [p for p in net.parameters() if p.requires_grad]
     if kind == 'adamw':
-        return torch.optim.AdamW(net.parameters(), lr=lr, betas=(momentum, 0.999),
+        return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999),
                                  weight_decay=weight_decay)
     if kind != 'sgd':
         raise ValueError(f'--optimizer must be sgd or adamw, got {kind!r}')
-    return torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
+    return torch.optim.SGD(params, lr=lr, momentum=momentum,
                            weight_decay=weight_decay)
 
 

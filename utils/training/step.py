@@ -30,6 +30,54 @@ def forward_backward(model, criterion, images, targets, amp_dtype=None, scaler=N
     return loss_l.detach(), loss_c.detach()
 
 
+def forward_backward_accum(model, criterion, images, targets, steps, priors,
+                           amp_dtype=None, scaler=None, ddp=None):
+    """Gradient accumulation (``train.py --accum_steps``): one step's batch
+    ``images [B, ...]`` / ``targets`` split into ``steps`` micro-batches of
+    ``B / steps``, forward and backward one after the other.
+
+    N, the normaliser of the loss, is counted first over all micro-batches
+    (``criterion.count_positives``: matching needs only the targets and
+    ``priors``), summed, then reduced over processes (``normalizer``); each
+    micro-batch's summed loss is divided by that N. The accumulated gradient
+    is then the gradient of the whole batch (exactly so for a network without
+    BatchNorm, whose statistics are per micro-batch). Under DDP (``ddp``: the
+    DistributedDataParallel module) the gradients are all-reduced only after
+    the last micro-batch. Returns the detached ``(loss_l, loss_c)`` of the
+    whole batch (the sums over micro-batches)."""
+    import contextlib
+    b = images.shape[0]
+    if steps < 1 or b % steps:
+        raise ValueError(f'a batch of {b} images does not split into --accum_steps '
+                         f'{steps} micro-batches')
+    m = b // steps
+    chunks = [(images[i:i + m], targets[i:i + m]) for i in range(0, b, m)]
+    if not criterion.divide_by_n:
+        n = None
+    else:
+        n = criterion.normalizer(sum(criterion.count_positives(t, priors)
+                                     for _, t in chunks))
+    total_l = total_c = 0
+    for k, (x, t) in enumerate(chunks):
+        sync = ddp is None or k == steps - 1
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                out = model(x)
+            if n is None:
+                loss_l, loss_c = criterion(out, t)
+            else:
+                loss_l, loss_c = criterion(out, t, num_pos=n)
+            loss = loss_l + loss_c
+            if scaler is not None and scaler.is_enabled():
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        total_l = total_l + loss_l.detach()
+        total_c = total_c + loss_c.detach()
+    return total_l, total_c
+
+
 def optimizer_step(optimizer, scaler=None):
     """Step (through the GradScaler for fp16) and clear the gradients."""
     if scaler is not None and scaler.is_enabled():
@@ -110,3 +158,39 @@ class StopSignal:
         for s, h in self._old.items():
             signal.signal(s, h)
         return False
+
+
+# ------------------------------------------------------------- bad samples
+
+class BadSamples:
+    """``--skip_bad`` bookkeeping in the training process: called with the
+    one-line message of each bad sample that the loader replaced
+    (``data.loader.make_loader(on_skip=...)``); names each sample once
+    through ``write``, counts every skip, and raises
+    :class:`~data.base.DatasetError` when more than ``cap`` different samples
+    are bad. :meth:`summary` is the line printed at the end."""
+
+    def __init__(self, cap=100, write=print):
+        self.cap, self.write = cap, write
+        self.seen = {}           # message -> times skipped
+        self.count = 0
+
+    def __call__(self, message):
+        self.count += 1
+        if message not in self.seen:
+            self.seen[message] = 0
+            self.write(f'skipping bad sample ({len(self.seen)} so far): {message}')
+        self.seen[message] += 1
+        if len(self.seen) > self.cap:
+            from data.base import DatasetError
+            raise DatasetError(f'more than --max_bad {self.cap} bad samples (the last: '
+                               f'{message}); stopping')
+
+    def summary(self):
+        """None when nothing was skipped, else one line."""
+        if not self.count:
+            return None
+        files = sorted(m.split(': ')[0] for m in self.seen)
+        shown = ', '.join(files[:5]) + (f' and {len(files) - 5} more' if len(files) > 5 else '')
+        return (f'--skip_bad: skipped {self.count} time{"s" if self.count > 1 else ""} '
+                f'{len(self.seen)} bad sample{"s" if len(self.seen) > 1 else ""}: {shown}')
