@@ -200,7 +200,8 @@ def scaled_schedule(num_images, batch_size, max_iter=None):
     the paper's VOC schedule (120k iterations at batch 32 over the 16551
     images of VOC07+12, 232 epochs), rounded up to a multiple of 100 and at
     most 120k; lr steps at 2/3 and 5/6 of it (VOC's 80k and 100k of 120k),
-    evaluation every 1/12 (10k) and snapshots every 1/24 (5k). ``max_iter``
+    evaluation every 1/12 (10k) and snapshots every 1/24 (5k), at the end
+    only when that is under one iteration. ``max_iter``
     (a ``--max_iter`` given) keeps the iterations and scales the rest.
     Returns a dict with ``max_iter``, ``lr_steps``, ``eval_every`` and
     ``save_every``: 500 images at batch 32 give 3700 iterations, steps 2466
@@ -211,9 +212,10 @@ def scaled_schedule(num_images, batch_size, max_iter=None):
         max_iter = int(min(voc['max_iter'], max(100, -(-its // 100) * 100)))
     frac = [s / voc['max_iter'] for s in voc['lr_steps'] if s < voc['max_iter']]
     return dict(max_iter=int(max_iter),
-                lr_steps=tuple(int(max_iter * f) for f in frac),
-                eval_every=max(1, max_iter * PAPER['eval_every'] // voc['max_iter']),
-                save_every=max(1, max_iter * PAPER['save_every'] // voc['max_iter']))
+                lr_steps=tuple(dict.fromkeys(int(max_iter * f) for f in frac
+                                             if int(max_iter * f) > 0)),
+                eval_every=max_iter * PAPER['eval_every'] // voc['max_iter'] or max_iter,
+                save_every=max_iter * PAPER['save_every'] // voc['max_iter'] or max_iter)
 
 
 def schedule_config(name, size=300):
