@@ -4,6 +4,7 @@
     python eval.py --trained_model runs/demo/shapes.pth --dataset shapes --metric voc07,voc12,coco
     python eval.py --detections results/ --voc_root ~/data/VOCdevkit --metric voc07,voc12
     python eval.py --detections dets.json --dataset COCO --ann_file instances_val2017.json
+    python eval.py --trained_model W --dataset custom --dataset_root mydata --set test
 
 The flags of ssd.pytorch's eval.py keep their meaning; see doc/evaluation.md.
 """
@@ -60,7 +61,17 @@ def parse_args(argv=None):
     p.add_argument('--bgr', action='store_true', help='Same as --channel_order BGR')
     p.add_argument('--pr_curves', default=True, type=str2bool,
                    help='Write <class>_pr.png and pr_curves.png into --save_folder')
-    return p.parse_args(argv)
+    p.add_argument('--set', '--val_set', dest='image_set', default=None,
+                   help='Image set, spelled as train.py\'s --val_set: VOC 2007_test (sets '
+                        '--year and --set_type), COCO val2017, custom val or test')
+    args = p.parse_args(argv)
+    if args.image_set:     # one spelling with train.py; --year/--set_type stay ssd.pytorch's
+        year, sep, split = args.image_set.partition('_')
+        if sep and year.isdigit() and str(args.dataset or 'VOC').upper() == 'VOC':
+            args.year, args.set_type = year, split
+        else:
+            args.set_type = args.image_set
+    return args
 
 
 def main(argv=None):
