@@ -1,5 +1,5 @@
-"""Benchmarks (``python -m utils.bench.core|augment|voc_eval``) and their
-shared timer."""
+"""Benchmarks (``python -m utils.bench.core|train_step|gpu|augment|voc_eval``,
+and others) and their shared timer."""
 import statistics
 import time
 
