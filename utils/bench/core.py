@@ -7,10 +7,14 @@ with ``torch.set_num_threads(2)`` unless ``--threads`` says otherwise:
 (a) matching + MultiBoxLoss + backward, batch 32, SSD300 (8732 priors, 21
     classes): ours vs torchvision's SSD (per-image ``Matcher`` + ``box_iou``,
     then ``SSD.compute_loss``) vs ssd.pytorch (:mod:`utils.bench.reference`).
-(b) ``Detect``, batch 8, trained-like logits: ours vs torchvision's
+(b) ``Detect``, batch 8, on sparse logits (like a trained model: tens of
+    candidates per class) and dense ones (like an undertrained model:
+    hundreds per class, scattered over the image): ours vs torchvision's
     ``SSD.postprocess_detections`` vs ssd.pytorch's Detect (Python NMS).
-(c) inference end to end (BaseTransform + test-phase network), SSD300 at batch
-    1 and 8: ours vs torchvision's ``ssd300_vgg16`` carrying the same weights.
+(c) inference end to end (read the JPEG, BaseTransform, test-phase network),
+    SSD300 at batch 1 and 8: the default ``build_ssd('test', 300, 21)`` (what
+    the tools run), the same in NCHW (the default before NHWC), and
+    torchvision's ``ssd300_vgg16`` carrying the same weights.
 
 On a shared machine, run with ``--threads 1`` as well: with more runnable
 threads than cores, every OpenMP-parallel op waits a scheduler quantum at
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from torchvision.models.detection import ssd300_vgg16
 from torchvision.ops import box_iou
 
+from data.base import read_image
 from data.config import MEANS, voc
 from layers import Detect, MultiBoxLoss, PriorBox
 from layers.box_utils import point_form
@@ -142,16 +147,19 @@ def check_loss(ours, theirs, tv, loc, conf, priors, targets):
 
 
 # --------------------------------------------------------------- (b) detect
-def trained_like_outputs(batch, priors, seed=3, objects=4):
+def trained_like_outputs(batch, priors, seed=3, objects=4, background=9.0):
     """Head outputs shaped like a trained SSD's: ``loc [B, P, 4]`` small
     offsets; ``conf [B, P, C]`` logits with a confident background almost
-    everywhere and, around ``objects`` random boxes per image, priors with
-    IoU > 0.3 peaked on the object's class (logit 4-10), some confusion."""
+    everywhere (logit +``background``) and, around ``objects`` random boxes
+    per image, priors with IoU > 0.3 peaked on the object's class (logit
+    4-10), some confusion. With ``background`` 9 a median of about 60 priors
+    per image and class pass 0.01 (sparse); with 7, about 400, scattered over
+    the image like an undertrained model's (dense)."""
     g = torch.Generator().manual_seed(seed)
     B, P, C = batch, priors.shape[0], NUM_CLASSES
     loc = 0.5 * torch.randn(B, P, 4, generator=g)
     conf = torch.randn(B, P, C, generator=g)
-    conf[..., 0] += 9.0
+    conf[..., 0] += background
     boxes = torch.stack([t[:, :4] for t in random_targets(
         B, seed + 1, objects, objects)])
     iou = box_iou(boxes.view(-1, 4), point_form(priors)).view(B, objects, P)
@@ -164,36 +172,48 @@ def trained_like_outputs(batch, priors, seed=3, objects=4):
     return loc, conf
 
 
-def bench_detect(repeats, batch=8):
+DETECT_CASES = {'sparse': 9.0, 'dense': 7.0}     # background logit offset
+
+
+def bench_detect(repeats, batch=8, cases=DETECT_CASES):
+    """(b) on each case of ``cases`` (name -> ``background`` of
+    :func:`trained_like_outputs`); returns ``{name: medians}``."""
     priors = priors300()
-    loc, conf = trained_like_outputs(batch, priors)
     ours = Detect(NUM_CLASSES, 0, 200, 0.01, 0.45)
     theirs = ref.Detect(NUM_CLASSES, 0, 200, 0.01, 0.45)
     model = torchvision_ssd(score_thresh=0.01, nms_thresh=0.45,
                             detections_per_img=200, topk_candidates=200)
     anchors = [point_form(priors) * 300] * batch
     sizes = [(300, 300)] * batch
-    fns = {
-        'ours': lambda: ours(loc, F.softmax(conf, -1), priors),
-        'torchvision postprocess': lambda: model.postprocess_detections(
-            {'bbox_regression': loc, 'cls_logits': conf}, anchors, sizes),
-        'ssd.pytorch (reference)': lambda: theirs(loc, F.softmax(conf, -1), priors),
-    }
-    with torch.inference_mode():
-        scores = F.softmax(conf, -1)[..., 1:]
-        cand = (scores > 0.01).sum(1).float()
-        a, b = ours(loc, F.softmax(conf, -1), priors), theirs(loc, F.softmax(conf, -1), priors)
-        d = (a - b).abs().max().item()
-        n = int((a[..., 0] > 0).sum())
-        same = bool(((a[..., 0] > 0) == (b[..., 0] > 0)).all())
-        print(f'  check (b): {n} detections; candidates > 0.01 per image and '
-              f'class: median {cand.median():.0f}, max {cand.max():.0f}; ours vs '
-              f'ssd.pytorch class by class: same slots {same}, max |diff| {d:.2e} '
-              f'[{"OK" if same and d < 1e-6 else "MISMATCH"}]')
-        med = timeit(fns, repeats)
-    report(f'(b) Detect, batch {batch}, {NUM_CLASSES} classes, top_k 200, '
-           'conf 0.01, nms 0.45 (softmax included)', med)
-    return med
+    meds = {}
+    for name, background in cases.items():
+        loc, conf = trained_like_outputs(batch, priors, background=background)
+        fns = {
+            'ours': lambda: ours(loc, F.softmax(conf, -1), priors),
+            'torchvision postprocess': lambda: model.postprocess_detections(
+                {'bbox_regression': loc, 'cls_logits': conf}, anchors, sizes),
+            'ssd.pytorch (reference)': lambda: theirs(loc, F.softmax(conf, -1), priors),
+        }
+        with torch.inference_mode():
+            check_detect(ours, theirs, loc, conf, priors, name)
+            meds[name] = timeit(fns, repeats)
+        report(f'(b) Detect, {name} scores, batch {batch}, {NUM_CLASSES} classes, '
+               'top_k 200, conf 0.01, nms 0.45 (softmax included)', meds[name])
+    return meds
+
+
+def check_detect(ours, theirs, loc, conf, priors, name):
+    """Print whether our Detect equals ssd.pytorch's class by class."""
+    scores = F.softmax(conf, -1)
+    cand = (scores[..., 1:] > 0.01).sum(1).float()
+    a, b = ours(loc, scores, priors), theirs(loc, scores, priors)
+    d = (a - b).abs().max().item()
+    n = int((a[..., 0] > 0).sum())
+    same = bool(((a[..., 0] > 0) == (b[..., 0] > 0)).all())
+    print(f'  check (b, {name}): {n} detections; candidates > 0.01 per image and '
+          f'class: median {cand.median():.0f}, max {cand.max():.0f}; ours vs '
+          f'ssd.pytorch class by class: same slots {same}, max |diff| {d:.2e} '
+          f'[{"OK" if same and d < 1e-6 else "MISMATCH"}]')
 
 
 # ------------------------------------------------------- (c) end to end
@@ -208,13 +228,14 @@ class FixedAnchors(torch.nn.Module):
         return [self.anchors * torch.tensor(s[::-1] * 2) for s in images.image_sizes]
 
 
-def trained_like_ssd(seed=0):
+def trained_like_ssd(seed=0, channels_last=None):
     """Our SSD300 (test phase) with seeded random weights, the background
     biases of the conf heads raised by 6.5 so that, as in a trained model,
-    few priors pass conf_thresh 0.01. Weights NHWC (``channels_last=True``)."""
+    few priors pass conf_thresh 0.01. ``channels_last`` goes to
+    ``build_ssd`` (None: its default, the fastest format here)."""
     from ssd import build_ssd
     torch.manual_seed(seed)
-    net = build_ssd('test', 300, NUM_CLASSES, channels_last=True).eval()
+    net = build_ssd('test', 300, NUM_CLASSES, channels_last=channels_last).eval()
     with torch.no_grad():
         for c in net.conf:
             c.bias[0::NUM_CLASSES] += 6.5
@@ -252,9 +273,23 @@ def synthetic_images(n, seed=4, shape=(375, 500)):
     return out
 
 
+def jpeg_files(images, folder, quality=90):
+    """Write BGR ``images`` as JPEG files in ``folder``; return their paths."""
+    import cv2
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(os.path.join(folder, f'{i:06d}.jpg'))
+        if not cv2.imwrite(paths[-1], im, [cv2.IMWRITE_JPEG_QUALITY, quality]):
+            raise OSError(f'{paths[-1]}: could not write')
+    return paths
+
+
 def ours_e2e(net, transform):
-    """BaseTransform (resize, subtract BGR means), swap to RGB, test phase."""
+    """BaseTransform (resize, subtract BGR means), swap to RGB, test phase,
+    under ``torch.inference_mode`` (as :class:`utils.inference.Predictor`).
+    ``run`` takes BGR images or JPEG paths (read with ``read_image``)."""
     def run(images):
+        images = [read_image(im) if isinstance(im, str) else im for im in images]
         x = np.stack([transform(im)[0] for im in images])[..., ::-1]
         x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
         with torch.inference_mode():
@@ -265,6 +300,7 @@ def ours_e2e(net, transform):
 def tv_e2e(tv):
     """torchvision's documented use: RGB float in [0, 1], model(list)."""
     def run(images):
+        images = [read_image(im) if isinstance(im, str) else im for im in images]
         xs = [torch.from_numpy(np.ascontiguousarray(im[..., ::-1])).permute(2, 0, 1)
               .float().div_(255) for im in images]
         with torch.no_grad():
@@ -304,25 +340,38 @@ def check_e2e(net, tv, images, transform):
 
 
 def bench_e2e(repeats, batches=(1, 8)):
-    try:
-        from data import BaseTransform
-    except ImportError:     # the data package is another module's; fall back
-        BaseTransform = None
+    """(c): JPEG files in, detections out, through the default
+    ``build_ssd('test', 300, 21)``, the same weights in NCHW, and
+    torchvision's ``ssd300_vgg16``; returns ``{batch: medians}``."""
+    import tempfile
+    from data import BaseTransform
+    from ssd import memory_format
     net = trained_like_ssd()
+    nchw = trained_like_ssd(channels_last=False)
     tv = torchvision_with_our_weights(net)
     transform = BaseTransform(300, MEANS)
     images = synthetic_images(max(batches))
     check_e2e(net, tv, images[:2], transform)
+    fmt = 'NHWC' if memory_format(net) == torch.channels_last else 'NCHW'
     meds = {}
-    for b in batches:
-        imgs = images[:b]
-        fo, ft = ours_e2e(net, transform), tv_e2e(tv)
-        med = timeit({'ours': lambda: fo(imgs),
-                      'torchvision ssd300_vgg16': lambda: ft(imgs)},
-                     repeats if b == 1 else max(3, repeats // 2))
-        report(f'(c) inference end to end, SSD300, batch {b} (375x500 BGR uint8 in)', med)
-        meds[b] = med
+    with tempfile.TemporaryDirectory() as folder:
+        paths = jpeg_files(images, folder)
+        for b in batches:
+            files = paths[:b]
+            fo, fn, ft = ours_e2e(net, transform), ours_e2e(nchw, transform), tv_e2e(tv)
+            med = timeit({f'ours (default build_ssd: {fmt})': lambda: fo(files),
+                          'ours in NCHW (the old default)': lambda: fn(files),
+                          'torchvision ssd300_vgg16': lambda: ft(files)},
+                         repeats if b == 1 else max(3, repeats // 2))
+            report(f'(c) inference end to end, SSD300, batch {b} (375x500 JPEG files '
+                   'in)', med, ours=next(iter(med)))
+            meds[b] = med
     return meds
+
+
+def _load():
+    """The 1-minute load average ('?' where /proc/loadavg is missing)."""
+    return open('/proc/loadavg').read().split()[0] if os.path.exists('/proc/loadavg') else '?'
 
 
 def main(argv=None):
@@ -332,7 +381,7 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    load = open('/proc/loadavg').read().split()[0] if os.path.exists('/proc/loadavg') else '?'
+    load = _load()
     print(f'torch {torch.__version__}, torch.set_num_threads({args.threads}), '
           f'{args.repeats} interleaved repeats after warm-up, medians; '
           f'{os.cpu_count()} CPUs, load average {load} at start')
@@ -342,6 +391,7 @@ def main(argv=None):
         bench_detect(args.repeats)
     if 'c' in args.only:
         bench_e2e(args.repeats)
+    print(f'load average {_load()} at the end')
 
 
 if __name__ == '__main__':
