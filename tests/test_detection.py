@@ -67,3 +67,41 @@ def test_keep_top_k_caps_across_classes():
         kept = capped[i, :, :, 0][capped[i, :, :, 0] > 0].sort(descending=True).values
         best = full[i, :, :, 0].flatten().sort(descending=True).values[:7]
         torch.testing.assert_close(kept, best)
+
+
+def _grid_priors(n, side=0.04):
+    """``n`` small priors on a grid, far apart (no two overlap)."""
+    k = int(n ** 0.5) + 1
+    i = torch.arange(n)
+    cxcy = torch.stack([(i % k + 0.5) / k, (i // k + 0.5) / k], 1)
+    return torch.cat([cxcy, torch.full((n, 2), side)], 1)
+
+
+def test_top_k_ties_take_the_lower_prior_index():
+    P, C = 40, 3
+    priors = _grid_priors(P)
+    conf = torch.zeros(1, P, C)
+    conf[0, :, 0] = 0.5
+    conf[0, :, 1] = 0.5                                  # 40 equal scores, top_k 10
+    conf[0, 30:, 2] = torch.linspace(0.2, 0.4, 10)      # 10 distinct, rising
+    out = Detect(C, 0, 10, 0.01, 0.45)(torch.zeros(1, P, 4), conf, priors)
+    expected = torch.cat([priors[:10, :2] - 0.02, priors[:10, :2] + 0.02], 1)
+    torch.testing.assert_close(out[0, 1, :, 1:], expected)       # priors 0..9, in order
+    assert (out[0, 1, :, 0] == 0.5).all()
+    assert torch.equal(out[0, 2, :, 0], torch.linspace(0.2, 0.4, 10).flip(0))
+
+
+def test_threads_give_the_same_detections(monkeypatch):
+    from layers.functions import detection
+    loc, conf, priors = _inputs(B=3, P=300, C=6, seed=5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = Detect(6, 0, 100, 0.01, 0.45)(loc, conf, priors)
+        monkeypatch.setattr(detection, 'PARALLEL_WORK', 1)
+        torch.set_num_threads(3)
+        assert len(detection._split_work([100] * 15, 3)) == 3
+        many = Detect(6, 0, 100, 0.01, 0.45)(loc, conf, priors)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
