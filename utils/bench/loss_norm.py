@@ -19,8 +19,11 @@ an average prior gets), the largest logit spread in the batch (the global
 max minus the smallest row max: the underflow needs more than about 88),
 and the fraction of the mined negatives that ssd.pytorch's mining chooses
 differently from the correct per-row ranking, on that run's own logits. At
-the end: VOC07 mAP on the validation images. ``--no_bn`` builds the preset
-without BatchNorm (the paper's VGG16 has none).
+the end: VOC07 mAP on the validation images. A step whose loss is not
+finite is skipped (as ``train.py --nan_policy skip``) and counted
+(``nonfinite``); the statistics cover the finite steps. ``--no_bn`` builds
+the preset without BatchNorm (the paper's VGG16 has none). Results: see
+doc/loss_normalization.md, "The student's situation".
 
 Output: one JSON line per run and ``OUT/loss_norm[_nobn].json``. Example::
 
