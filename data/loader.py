@@ -7,6 +7,14 @@ resumed run sees exactly the data an uninterrupted one sees, whatever the
 number of DataLoader workers. The loader yields exactly ``max_iter -
 start_iter`` batches: no epoch boundary and no StopIteration inside the
 schedule.
+
+A bad sample (a :class:`~data.base.DatasetError`: truncated image, broken
+annotation) reaches the caller as that error, raised in the main process
+with its own one-line message, with DataLoader workers or without (never
+torch's "Caught DatasetError in DataLoader worker process 0. Original
+Traceback"). With ``skip_bad`` the sample is replaced by the next good one
+of the dataset (same seed, so the run stays a pure function of the seed) and
+``on_skip(message)`` is called in the main process for each bad sample met.
 """
 import random
 
@@ -15,13 +23,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from data.base import DatasetError
+
 # OpenCV's thread pool is not fork-safe: a forked DataLoader worker that
 # touches it after the parent used it can deadlock. The loaders' parallelism
 # is the workers, so OpenCV runs single-threaded here, set once in the parent
 # before any worker is forked (the workers inherit it).
 cv2.setNumThreads(1)
 
-__all__ = ['detection_collate', 'make_loader', 'seed_all',
+__all__ = ['detection_collate', 'make_loader', 'seed_all', 'BatchLoader',
            'IterationBatchSampler', 'SeededSamples']
 
 
@@ -45,22 +55,103 @@ def seed_all(seed):
     torch.random.default_generator.manual_seed(seed)
 
 
+class _Bad:
+    """A sample that could not be read: ``messages`` (one per file tried);
+    ``fatal`` when it stops the batch (no ``skip_bad``, or nothing good)."""
+
+    def __init__(self, messages, sample=None):
+        self.messages, self.sample = tuple(messages), sample
+
+
 class SeededSamples(Dataset):
     """Wrap a dataset so that item ``(index, seed)`` is ``dataset[index]``
     computed right after seeding the global RNGs with ``seed``: the
     augmentation of every sample is fixed by its seed, in the main process or
-    in any worker."""
+    in any worker.
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    A :class:`~data.base.DatasetError` is returned, not raised (a marker
+    that :func:`make_loader`'s batches carry to the main process). With
+    ``skip_bad`` the next indices are tried, up to ``max_tries``, and the
+    first good sample is returned with the messages of the bad ones."""
+
+    def __init__(self, dataset, skip_bad=False, max_tries=100):
+        self.dataset, self.skip_bad = dataset, skip_bad
+        self.max_tries = max(1, min(int(max_tries), len(dataset)))
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, key):
-        index, seed = key
-        seed_all(int(seed))
-        return self.dataset[int(index)]
+        index, seed = int(key[0]), int(key[1])
+        bad = []
+        for k in range(self.max_tries if self.skip_bad else 1):
+            seed_all(seed)
+            try:
+                sample = self.dataset[(index + k) % len(self.dataset)]
+            except DatasetError as e:
+                bad.append(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
+                continue
+            return _Bad(bad, sample) if bad else sample
+        if self.skip_bad:
+            bad.append(f'{getattr(self.dataset, "source", "the dataset")}: '
+                       f'{len(bad)} bad samples in a row, giving up')
+        return _Bad(bad)
+
+
+class _Batch:
+    """What the loader's workers send: the collated ``data``, the messages of
+    the bad samples replaced (``skipped``), or the ``error`` that stops it."""
+
+    def __init__(self, data=None, skipped=(), error=None):
+        self.data, self.skipped, self.error = data, tuple(skipped), error
+
+    def pin_memory(self):                      # DataLoader(pin_memory=True)
+        from torch.utils.data._utils.pin_memory import pin_memory
+        if self.data is not None:
+            self.data = pin_memory(self.data)
+        return self
+
+
+class _Collate:
+    """Collate the good samples; carry the bad ones' messages."""
+
+    def __init__(self, collate_fn):
+        self.collate_fn = collate_fn
+
+    def __call__(self, batch):
+        samples, skipped = [], []
+        for item in batch:
+            if isinstance(item, _Bad):
+                if item.sample is None:
+                    return _Batch(error=item.messages[-1], skipped=skipped + list(item.messages[:-1]))
+                skipped.extend(item.messages)
+                item = item.sample
+            samples.append(item)
+        return _Batch(self.collate_fn(samples), skipped)
+
+
+class BatchLoader:
+    """The DataLoader of :func:`make_loader` (``loader`` attribute), iterated
+    as ``(images, targets)``; bad samples are raised as DatasetError or
+    passed to ``on_skip``. Other attributes are the DataLoader's."""
+
+    def __init__(self, loader, on_skip=None):
+        self.loader, self.on_skip = loader, on_skip
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__['loader'], name)
+
+    def __iter__(self):
+        for b in self.loader:
+            for m in b.skipped:
+                if self.on_skip is not None:
+                    self.on_skip(m)
+            if b.error is not None:
+                raise DatasetError(b.error)
+            yield b.data
 
 
 class IterationBatchSampler(Sampler):
@@ -106,13 +197,16 @@ class IterationBatchSampler(Sampler):
 
 def make_loader(dataset, batch_size, seed=0, start_iter=0, max_iter=1,
                 rank=0, world_size=1, num_workers=0, pin_memory=False,
-                collate_fn=detection_collate):
-    """A DataLoader that yields exactly ``max_iter - start_iter`` batches
-    ``(images [B, 3, H, W], targets list of [n_i, 5])`` (no epoch boundary
-    and no StopIteration inside the schedule)."""
+                collate_fn=detection_collate, skip_bad=False, on_skip=None):
+    """A loader (:class:`BatchLoader` over a DataLoader) that yields exactly
+    ``max_iter - start_iter`` batches ``(images [B, 3, H, W], targets list
+    of [n_i, 5])`` (no epoch boundary and no StopIteration inside the
+    schedule). A bad sample raises its DatasetError in the caller's process;
+    with ``skip_bad`` it is replaced by the next good one and
+    ``on_skip(message)`` is called (in the caller's process)."""
     sampler = IterationBatchSampler(len(dataset), batch_size, seed, start_iter,
                                     max_iter, rank, world_size)
-    return DataLoader(
-        SeededSamples(dataset), batch_sampler=sampler, num_workers=num_workers,
-        collate_fn=collate_fn, pin_memory=pin_memory,
-        persistent_workers=False)
+    return BatchLoader(DataLoader(
+        SeededSamples(dataset, skip_bad), batch_sampler=sampler, num_workers=num_workers,
+        collate_fn=_Collate(collate_fn), pin_memory=pin_memory,
+        persistent_workers=False), on_skip)

@@ -161,3 +161,153 @@ def test_temporary_file_of_a_killed_save_is_removed(tmp_path):
     (tmp_path / 'keep.pth').write_bytes(b'x')
     assert remove_stale_temp(tmp_path) == ['.tmp-abc123.pth']
     assert sorted(os.listdir(tmp_path)) == ['keep.pth']
+
+
+# ------------------------------------------- a failing run saves first
+
+def _truncated_jpeg(path):
+    import cv2
+    import numpy as np
+    img = (np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)
+    data = cv2.imencode('.jpg', img)[1].tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:len(data) * 2 // 3])
+    return path
+
+
+def _first_new_index(at, num=12, batch=2):
+    """A training index first used at iteration ``at`` (TINY's order)."""
+    from data.loader import IterationBatchSampler
+    s = IterationBatchSampler(num, batch, 0, 0, at + 1)
+    before = {i for it in range(at) for i, _ in s.batch(it)}
+    return next(i for i, _ in s.batch(at) if i not in before)
+
+
+def _bad_files(monkeypatch, tmp_path, *iterations):
+    """Training images read from truncated JPEG files, first needed at
+    ``iterations``; returns {index: path}."""
+    from data.base import read_image
+    from data.shapes import ShapesDetection
+    bad = {_first_new_index(at): _truncated_jpeg(tmp_path / 'images' / f'{at:06d}.jpg')
+           for at in iterations}
+    original = ShapesDetection.pull_image
+
+    def pull_image(self, index):
+        if self.image_set == 'train' and index in bad:
+            return read_image(str(bad[index]))
+        return original(self, index)
+    monkeypatch.setattr(ShapesDetection, 'pull_image', pull_image)
+    return bad
+
+
+@pytest.mark.parametrize('workers', [0, 1])
+def test_bad_sample_stops_with_one_line_after_saving(tmp_path, monkeypatch, capfd, workers):
+    bad = _bad_files(monkeypatch, tmp_path, 4)
+    out = tmp_path / 'out'
+    rc = run(out, '--train_images', 12, '--max_iter', 8, '--save_every', 100,
+             '--num_workers', workers)
+    err = capfd.readouterr().err
+    assert rc == 1
+    line = one_error_line(err)
+    path = str(next(iter(bad.values())))
+    assert line.startswith(f'train.py: error: {path}: truncated JPEG'), line
+    assert 'saved at iteration 4' in line and 'Caught' not in err
+    assert 'Original Traceback' not in err
+    assert load_file(out / 'checkpoint.pth')['iteration'] == 4
+    # --resume continues from there (and stops at the same sample again)
+    assert run(out, '--train_images', 12, '--max_iter', 8, '--save_every', 100,
+               '--resume', 'auto') == 1
+    assert 'iterations 4..8' in capfd.readouterr().err
+
+
+def test_skip_bad_names_each_sample_once_and_finishes(tmp_path, monkeypatch, capfd):
+    from data.loader import IterationBatchSampler
+    bad = _bad_files(monkeypatch, tmp_path, 1, 4)
+    out = tmp_path / 'out'
+    assert run(out, '--train_images', 12, '--max_iter', 10, '--save_every', 100,
+               '--num_workers', 1, '--skip_bad') == 0
+    err = capfd.readouterr().err
+    assert 'Traceback' not in err
+    assert err.count('skipping bad sample') == 2
+    for path in bad.values():
+        assert err.count(f'{path}: truncated JPEG') == 1
+    s = IterationBatchSampler(12, 2, 0, 0, 10)
+    times = sum(i in bad for it in range(10) for i, _ in s.batch(it))
+    assert times > 2
+    assert f'--skip_bad: skipped {times} times 2 bad samples:' in err, err[-1500:]
+    assert load_file(out / 'checkpoint.pth')['iteration'] == 10
+    # a cap
+    assert run(tmp_path / 'capped', '--train_images', 12, '--max_iter', 6,
+               '--save_every', 100, '--skip_bad', '--max_bad', 1) == 1
+    line = one_error_line(capfd.readouterr().err)
+    assert 'more than --max_bad 1 bad samples' in line and 'saved at iteration 4' in line
+
+
+def test_nan_stop_and_evaluation_error_save_first(tmp_path, monkeypatch, capfd):
+    from utils.engine import trainer
+    calls = []
+    real = trainer.forward_backward
+
+    def nan_at_3(*a, **kw):
+        calls.append(1)
+        loss_l, loss_c = real(*a, **kw)
+        return (loss_l * float('nan'), loss_c) if len(calls) == 4 else (loss_l, loss_c)
+    monkeypatch.setattr(trainer, 'forward_backward', nan_at_3)
+    assert run(tmp_path / 'nan', '--max_iter', 6, '--save_every', 100) == 1
+    line = one_error_line(capfd.readouterr().err)
+    assert 'iteration 3: non-finite loss' in line and 'saved at iteration 3' in line
+    assert load_file(tmp_path / 'nan' / 'checkpoint.pth')['iteration'] == 3
+    monkeypatch.setattr(trainer, 'forward_backward', real)
+
+    import utils.evaluation.evaluate as ev
+
+    def broken(*a, **kw):
+        raise ValueError('val split: evaluation failed')
+    monkeypatch.setattr(ev, 'evaluate_model', broken)
+    assert run(tmp_path / 'ev', '--max_iter', 6, '--save_every', 100, '--eval_every', 2,
+               '--val_images', 4) == 1
+    line = one_error_line(capfd.readouterr().err)
+    assert 'evaluation failed [' in line and 'saved at iteration 2' in line
+    assert load_file(tmp_path / 'ev' / 'checkpoint.pth')['iteration'] == 2
+
+
+def test_disk_full_during_training_keeps_the_last_checkpoint(tmp_path, capfd):
+    first = tmp_path / 'first'
+    assert run(first, '--max_iter', 2, '--save_every', 2) == 0
+    snap, ckpt = first / f"ssd{shapes['min_dim']}_shapes_2.pth", first / 'checkpoint.pth'
+    size = snap.stat().st_size + ckpt.stat().st_size + snap.stat().st_size // 2
+    with small_tmpfs(tmp_path / 'small', f'{size // 1024 + 64}k') as folder:
+        for f in (snap, ckpt):
+            (folder / f.name).write_bytes(f.read_bytes())
+        (folder / '.tmp-killed.pth').write_bytes(b'\0' * 1000)   # a killed save's
+        capfd.readouterr()
+        assert run(folder, '--max_iter', 4, '--save_every', 2, '--resume', 'auto') == 1
+        line = one_error_line(capfd.readouterr().err)
+        assert line.startswith(f'train.py: error: {folder}: no space left on device while '
+                               'writing '), line
+        kept = torch.load(folder / 'checkpoint.pth', weights_only=True)
+        assert kept['iteration'] == 2
+        assert not [n for n in os.listdir(folder) if n.startswith('.tmp-')]
+
+
+# ------------------------------------------------- one run per save folder
+
+def test_second_run_into_a_busy_folder_refuses(tmp_path, capfd):
+    from utils.training.lock import SaveFolderLock
+    out = tmp_path / 'busy'
+    with SaveFolderLock(out):
+        t = time.perf_counter()
+        assert run(out, '--max_iter', 1) == 1
+        line = one_error_line(capfd.readouterr().err)
+    assert f'{out} is in use by another training run (pid {os.getpid()} on ' \
+           f'{socket.gethostname()}' in line
+    assert not (out / 'metrics.csv').exists()
+    # a lock left by a dead process is taken over with a warning
+    p = subprocess.run([sys.executable, '-c', 'import os, sys; '
+                        'from utils.training.lock import SaveFolderLock; '
+                        'SaveFolderLock(sys.argv[1]).acquire(); os._exit(9)', str(out)],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+    assert p.returncode == 9 and (out / 'train.lock').exists()
+    with pytest.warns(RuntimeWarning, match='taking over the lock of a run that ended'):
+        assert run(out, '--max_iter', 1) == 0
+    assert not (out / 'train.lock').exists()

@@ -14,7 +14,7 @@ import cv2
 
 from data.config import DATASETS, dataset_name
 from utils.checkpoint import CheckpointError
-from utils.training.distributed import choose_device
+from utils.training.distributed import PeerStopped, choose_device
 from utils.training.step import NonFiniteLoss
 
 __all__ = ['str2bool', 'dataset_flag', 'add_cuda_flag', 'add_dataset_flag',
@@ -26,7 +26,7 @@ _FALSE = ('no', 'false', 'f', 'n', '0')
 #: Errors that mean bad input (a file, a flag, a dataset), each carrying a
 #: one-line message: the exit wrapper prints them without a traceback.
 #: ValueError covers DatasetError, EvalInputError and test.py's InputError.
-USER_ERRORS = (CheckpointError, NonFiniteLoss, ValueError, OSError, cv2.error)
+USER_ERRORS = (CheckpointError, NonFiniteLoss, PeerStopped, ValueError, OSError, cv2.error)
 
 
 def str2bool(v):

@@ -207,7 +207,7 @@ def resolve_run_config(args):
         from data.shapes import DEFAULT_SIZES
         c.train_images = c.train_images or DEFAULT_SIZES['train']
         c.val_images = c.val_images or DEFAULT_SIZES['val']
-    late = [s for s in c.lr_steps if s >= c.max_iter]
+    late = [s for s in c.lr_steps if s >= c.max_iter] if args.lr_steps is not None else []
     if late:
         warnings.warn(f'--lr_steps {",".join(map(str, late))} at or beyond --max_iter '
                       f'{c.max_iter}: never reached', RuntimeWarning)

@@ -95,3 +95,33 @@ def per_rank_batch(batch_size, world_size):
         raise ValueError(f'--batch_size {batch_size} is the global batch and must be '
                          f'divisible by the number of processes ({world_size})')
     return batch_size // world_size
+
+
+class PeerStopped(RuntimeError):
+    """Another process of the group stopped on an error (its own message is
+    printed by that process); this one stops too, at the same iteration."""
+
+
+def first_failed(failed, device):
+    """Every process says whether it ``failed``; returns the lowest failing
+    rank, or None when none failed (always None in a world of one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0 if failed else None
+    world = dist.get_world_size()
+    t = torch.tensor([float(dist.get_rank() if failed else world)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    r = int(t.item())
+    return None if r >= world else r
+
+
+def check_same(value, what, device):
+    """Raise ValueError when the integer ``value`` differs between the
+    processes (e.g. the iteration each one resumed at)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    t = torch.tensor([float(value), -float(value)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    lo, hi = int(t[0].item()), -int(t[1].item())
+    if lo != hi:
+        raise ValueError(f'the processes disagree on {what} ({lo} .. {hi}; this one '
+                         f'{value}): --save_folder must be one folder that every machine sees')
