@@ -1,6 +1,7 @@
 """Live detection on a webcam or a video file, as ssd.pytorch's ``demo/live.py``.
 
     python -m demo.live                                  # webcam 0, window, FPS
+    python demo/live.py                                  # the same (ssd.pytorch's command)
     python -m demo.live --weights weights/ssd300_mAP_77.43_v2.pth --source clip.mp4 \\
         --output out.mp4 --no_display                     # headless, writes the drawn video
 
@@ -21,7 +22,10 @@ import time
 
 import cv2
 
-from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script
+if __package__ in (None, ''):     # `python demo/live.py` (ssd.pytorch's command) from the root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script  # noqa: E402
 
 _END = object()
 DEFAULT_WEIGHTS = ('weights/ssd300_mAP_77.43_v2.pth', 'weights/ssd_300_VOC0712.pth')
@@ -194,7 +198,15 @@ def _main(args):
                                              dataset=args.dataset,
                                              channel_order=args.channel_order, device=device,
                                              conf_thresh=args.thresh)
-    capture = ThreadedCapture(source)
+    try:
+        capture = ThreadedCapture(source)
+    except OSError:
+        if isinstance(source, int):
+            raise
+        print(f'demo.live: warning: {source}: cannot open this video file (unreadable '
+              'or not a video)' + ('; nothing written' if args.output else ''),
+              file=sys.stderr)
+        return 1
     display = not args.no_display
     if display and sys.platform.startswith('linux') and not (
             os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
@@ -212,6 +224,10 @@ def _main(args):
         capture.release()
         signal.signal(signal.SIGTERM, old)
     dt = time.perf_counter() - t0
+    if n == 0:
+        print(f'demo.live: warning: {source}: no frame could be read (empty or unreadable '
+              'video)' + ('; nothing written' if args.output else ''), file=sys.stderr)
+        return 1
     print(f'{n} frames in {dt:.1f} s, approx. FPS {n / max(dt, 1e-9):.2f}'
           + (f'; written to {args.output}' if args.output else ''))
     return 0

@@ -105,6 +105,8 @@ def run_video(predictor, path, names, folder, thresh, used, batch_size=8):
             if writer is None:
                 h, w = frames[0].shape[:2]
                 writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
+                if not writer.isOpened():
+                    raise OSError(f'{out_path}: OpenCV cannot write this video')
             for img, det in zip(frames, predictor(frames)):
                 writer.write(draw_detections(img, det['boxes'], det['labels'], det['scores'],
                                              names, thresh))
@@ -114,7 +116,11 @@ def run_video(predictor, path, names, folder, thresh, used, batch_size=8):
         cap.release()
         if writer is not None:
             writer.release()
-    return entries, ([out_path] if writer is not None else [])
+    if not frame:       # a 0-frame file, or one whose frames do not decode
+        print(f'test.py: warning: {path}: no frame could be read (empty or unreadable '
+              'video), skipped', file=sys.stderr)
+        return [], []
+    return entries, [out_path]
 
 
 def run_inputs(predictor, paths, names, folder, thresh, batch_size=8):
