@@ -138,10 +138,12 @@ class ExportableSSD(nn.Module):
         return self.detect(loc, conf, priors)
 
 
-def export(net, path, top_k=None, classes=None, channel_order='RGB', opset=OPSET):
+def export(net, path, top_k=None, classes=None, channel_order='RGB', opset=OPSET,
+           dataset=None):
     """Write ``net`` (an SSD) as ONNX to ``path`` (atomically); the batch
-    dimension is dynamic. ``classes`` (names without background) and
-    ``channel_order`` are stored as metadata for :class:`OnnxPredictor`.
+    dimension is dynamic. ``classes`` (names without background),
+    ``channel_order`` and ``dataset`` are stored as metadata for
+    :class:`OnnxPredictor`.
     Returns the path."""
     import onnx
     model = ExportableSSD(net, top_k).eval()
@@ -158,7 +160,7 @@ def export(net, path, top_k=None, classes=None, channel_order='RGB', opset=OPSET
         proto = onnx.load(tmp)
         meta = dict(size=net.size, num_classes=net.num_classes, top_k=model.detect.top_k,
                     conf_thresh=model.detect.conf_thresh, nms_thresh=model.detect.nms_thresh,
-                    channel_order=channel_order, mean=list(MEANS),
+                    channel_order=channel_order, mean=list(MEANS), dataset=dataset,
                     classes=list(classes) if classes is not None else None)
         onnx.helper.set_model_props(proto, {'ssd': json.dumps(meta)})
         onnx.checker.check_model(proto)
@@ -208,6 +210,7 @@ class OnnxPredictor(Predictor):
                          channel_order or self.meta.get('channel_order', 'RGB'),
                          conf_thresh, batch_size)
         self.classes = self.meta.get('classes')
+        self.dataset = self.meta.get('dataset')
         self.num_classes = self.meta['num_classes']
 
     def forward(self, x):
@@ -270,20 +273,23 @@ def main(argv=None):
                    help='input channel order recorded in the file (default: the weights\')')
     p.add_argument('--opset', default=OPSET, type=int, help=f'ONNX opset (>= 13; default {OPSET})')
     args = p.parse_args(argv)
-    from utils.weights import build_from_weights
+    from utils.engine.cli import run_script
+    return run_script('utils.export', _run, args)
+
+
+def _run(args):
+    """utils.export's body: the network from the weight file (the one path,
+    ``utils.weights.build_from_weights``), then :func:`export`."""
+    from utils.weights import build_from_weights, dataset_of, read_weights
+    if args.opset < 13 or args.top_k < 1:
+        raise ValueError(f'--opset must be >= 13 and --top_k >= 1 (got {args.opset}, {args.top_k})')
     out = args.out or os.path.splitext(args.trained_model)[0] + '.onnx'
-    try:
-        if args.opset < 13 or args.top_k < 1:
-            raise ValueError(f'--opset must be >= 13 and --top_k >= 1 (got {args.opset}, {args.top_k})')
-        net, classes, order = build_from_weights(
-            args.trained_model, 'test', size=args.size, dataset=args.dataset,
-            channel_order=args.channel_order, top_k=args.top_k, conf_thresh=args.conf_thresh,
-            nms_thresh=args.nms_thresh)
-        export(net, out, args.top_k, classes, order, args.opset)
-    except (CheckpointError, ValueError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f'utils.export: error: {msg}', file=sys.stderr)
-        return 1
+    weights = read_weights(args.trained_model)
+    net, classes, order = build_from_weights(
+        weights, 'test', size=args.size, dataset=args.dataset, channel_order=args.channel_order,
+        top_k=args.top_k, conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh)
+    export(net, out, args.top_k, classes, order, args.opset,
+           dataset=args.dataset or dataset_of(weights))
     print(f'{args.trained_model} -> {out}: images [N, 3, {net.size}, {net.size}] '
           f'({order}, minus MEANS) -> detections [N, {net.num_classes}, {args.top_k}, 5]')
     return 0
