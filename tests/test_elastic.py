@@ -1,0 +1,124 @@
+"""Multi-node and elastic training through torchrun (issue 10 item 11), on
+gloo with 2 CPU processes and a tiny shapes run: two launchers as two
+nodes; a worker killed under ``--max_restarts=1 --resume auto`` restarts the
+group, which resumes from checkpoint.pth and finishes at --max_iter."""
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from utils.checkpoint import load_file
+from utils.engine.run_config import parse_run_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['train.py', '--dataset', 'shapes', '--batch_size', '4', '--train_images', '8',
+        '--eval_every', '0', '--num_workers', '0', '--quiet', '--log_every', '1']
+ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def loss_rows(folder):
+    with open(folder / 'metrics.csv', newline='') as f:
+        return [int(r['iteration']) for r in csv.DictReader(f) if r['loss']]
+
+
+def wait_for(cond, procs, timeout=240):
+    """Poll ``cond()`` until it is true; fail when a process ends first or
+    the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        for p in procs:
+            if p.poll() is not None:
+                pytest.fail(f'exited with {p.returncode} first: {p.stderr.read()[-3000:]}')
+        time.sleep(0.1)
+    pytest.fail('timed out')
+
+
+def stop_all(procs):
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.wait(timeout=60)
+
+
+def test_resume_auto_resolves_to_the_checkpoint_or_a_fresh_start(tmp_path):
+    argv = ['--dataset', 'shapes', '--save_folder', str(tmp_path), '--resume', 'auto']
+    assert parse_run_config(argv).resume is None
+    (tmp_path / 'checkpoint.pth').write_bytes(b'x')
+    assert parse_run_config(argv).resume == str(tmp_path / 'checkpoint.pth')
+
+
+def test_two_launchers_as_two_nodes(tmp_path):
+    out, port, run_id = tmp_path / 'out', free_port(), uuid.uuid4().hex[:8]
+    procs = []
+    try:
+        for node in (0, 1):
+            cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes=2',
+                   '--nproc_per_node=1', '--rdzv_backend=c10d',
+                   f'--rdzv_endpoint=127.0.0.1:{port}', f'--rdzv_id={run_id}',
+                   f'--node_rank={node}'] + TINY + [
+                '--max_iter', '3', '--save_every', '2', '--save_folder', str(out)]
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True,
+                                          start_new_session=True))
+        errs = []
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            errs.append(err)
+            assert p.returncode == 0, err[-3000:]
+    finally:
+        stop_all(procs)
+    assert load_file(out / 'checkpoint.pth')['iteration'] == 3
+    assert loss_rows(out) == [1, 2, 3]
+    assert sum(e.count('on cpu x2; batch 4 (global)') for e in errs) == 1
+    assert not (out / 'train.lock').exists()
+
+
+def test_killed_worker_restarts_the_group_which_resumes(tmp_path):
+    out, max_iter = tmp_path / 'out', 14
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+           '--nproc_per_node=2', '--max_restarts=1', '--monitor_interval=0.5'] + TINY + [
+        '--max_iter', str(max_iter), '--save_every', '2', '--resume', 'auto',
+        '--save_folder', str(out)]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        def past_first_checkpoint():
+            try:
+                return max(loss_rows(out)) >= 3 and (out / 'train.lock').exists()
+            except (OSError, ValueError, KeyError):
+                return False
+        wait_for(past_first_checkpoint, [p])
+        holder = json.loads((out / 'train.lock').read_text())     # rank 0
+        assert holder['run_id']
+        os.kill(holder['pid'], signal.SIGKILL)
+        _, err = p.communicate(timeout=300)
+    finally:
+        stop_all([p])
+    assert p.returncode == 0, err[-4000:]
+    ckpt = load_file(out / 'checkpoint.pth')
+    assert ckpt['iteration'] == max_iter
+    # the restarted group took over rank 0's lock and resumed from a checkpoint
+    assert 'taking over the lock of a run that ended' in err
+    starts = [int(x.split('..')[0].split()[-1]) for x in err.split('iterations ')[1:]]
+    assert starts[0] == 0 and len(starts) == 2 and starts[1] >= 2 and starts[1] % 2 == 0, starts
+    # metrics.csv: every iteration once, none missing after the resume point
+    assert loss_rows(out) == list(range(1, max_iter + 1))
+    assert not (out / 'train.lock').exists()
