@@ -47,7 +47,11 @@ class SaveFolderLock:
         self.previous = None
 
     def acquire(self):
-        os.makedirs(self.folder, exist_ok=True)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as e:
+            raise OSError(f'{self.folder}: cannot create the save folder '
+                          f'({(e.strerror or str(e)).lower()})') from None
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
