@@ -122,3 +122,46 @@ def test_killed_worker_restarts_the_group_which_resumes(tmp_path):
     # metrics.csv: every iteration once, none missing after the resume point
     assert loss_rows(out) == list(range(1, max_iter + 1))
     assert not (out / 'train.lock').exists()
+
+
+SITE = '''
+import os
+if os.environ.get('RANK') == '1':
+    from data.base import read_image
+    from data.shapes import ShapesDetection
+    _bad, _path = int(os.environ['BAD_INDEX']), os.environ['BAD_FILE']
+    _original = ShapesDetection.pull_image
+
+    def pull_image(self, index):
+        if self.image_set == 'train' and index == _bad:
+            return read_image(_path)
+        return _original(self, index)
+    ShapesDetection.pull_image = pull_image
+'''
+
+
+def test_bad_sample_on_one_rank_stops_all_after_saving(tmp_path):
+    """Rank 1 meets a truncated JPEG at iteration 2: it stops with the file
+    named, rank 0 stops with it (no hang), after saving checkpoint.pth at 2."""
+    from data.loader import IterationBatchSampler
+    s = IterationBatchSampler(8, 2, 0, 0, 3, rank=1, world_size=2)
+    seen = {i for it in range(2) for i, _ in s.batch(it)}
+    bad_index = next(i for i, _ in s.batch(2) if i not in seen)
+    bad = tmp_path / 'bad.jpg'
+    bad.write_bytes(b'\xff\xd8\xff\xe0' + b'\0' * 200)        # a JPEG cut short
+    (tmp_path / 'site').mkdir()
+    (tmp_path / 'site' / 'sitecustomize.py').write_text(SITE)
+    env = dict(ENV, PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{ROOT}",
+               BAD_INDEX=str(bad_index), BAD_FILE=str(bad))
+    out = tmp_path / 'out'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+           '--nproc_per_node=2'] + TINY + ['--max_iter', '6', '--save_every', '100',
+                                           '--save_folder', str(out)]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    assert f'train.py: error: {bad}: truncated JPEG' in p.stderr, p.stderr[-3000:]
+    assert 'train.py: error: process 1 stopped on an error at iteration 2' in p.stderr
+    assert 'saved at iteration 2' in p.stderr
+    assert 'Original Traceback' not in p.stderr
+    assert load_file(out / 'checkpoint.pth')['iteration'] == 2
+    assert not (out / 'train.lock').exists()
