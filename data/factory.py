@@ -177,9 +177,17 @@ def get_dataset(name, root=None, image_set=None, transform=None, **kw):
         raise ValueError(f"unknown dataset {name!r}: choose VOC, COCO, shapes "
                          "or custom") from None
     if key == 'VOC':
+        from .base import DatasetNotFound
         from .voc0712 import VOCDetection, VOC_ROOT
-        return VOCDetection(root or VOC_ROOT, _voc_sets(image_set),
-                            transform=transform, **kw)
+        sets = _voc_sets(image_set)
+        try:
+            return VOCDetection(root or VOC_ROOT, sets, transform=transform, **kw)
+        except DatasetNotFound as e:        # e.g. a VOCdevkit holding only VOC2007
+            have = [f'{y}_{s}' for y, s in sets
+                    if has_split('VOC', root or VOC_ROOT, f'{y}_{s}')]
+            raise DatasetNotFound(f'{e}; name the image sets on disk with --train_sets '
+                                  f'(eval.py --set), e.g. {",".join(have) or "2007_trainval"}') \
+                from None
     if key == 'shapes':
         from .shapes import ShapesDetection
         sets = parse_sets(image_set) or ('train',)
