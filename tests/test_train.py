@@ -154,7 +154,11 @@ def test_nan_stops_with_message(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert 'iteration 2: non-finite loss' in err
     assert 'last finite losses at iteration 1' in err
-    assert not (tmp_path / 'checkpoint.pth').exists()   # nothing written after garbage
+    # the run saves first, at the last completed iteration, without the bad update
+    assert 'checkpoint.pth saved at iteration 2' in err
+    ckpt = load_file(tmp_path / 'checkpoint.pth')
+    assert ckpt['iteration'] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt['model'].values() if v.is_floating_point())
 
 
 def test_nan_skip_counts_and_leaves_weights(tmp_path, monkeypatch):
