@@ -17,7 +17,7 @@ import torch
 from data.config import MEANS, config_for
 from data.config import shapes as SHAPES_CFG
 from layers import MultiBoxLoss
-from ssd import build_ssd
+from ssd import build_ssd, memory_format
 from utils.training import distributed as D
 from utils.checkpoint import CheckpointError, SaveError, atomic_save, load_into, remove_stale_temp
 from utils.weights import load_weights, read_weights
@@ -140,8 +140,10 @@ def setup(args, info):
         r.notes.append(f'frozen: {", ".join(args.freeze)} ({n} parameters)')
     if args.sync_bn and info.distributed:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if args.channels_last else memory_format(net)  # build_ssd's fastest
     net.to(info.device, memory_format=fmt)
+    if info.device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True     # fixed input size: autotuned convolutions
     r.net, r.fmt = net, fmt
     r.optimizer = make_optimizer(net, args.lr, args.momentum, args.weight_decay,
                                  args.optimizer)
@@ -181,6 +183,11 @@ def _resume(r, weights):
             it, r.best_map, r.policy.skipped = restore_full_state(
                 ckpt, r.net, r.optimizer, r.scaler, restore_rng=r.info.is_main)
         except (RuntimeError, ValueError, KeyError) as e:
+            from utils.weights import other_size
+            other = other_size(weights.state, args.size) if args.dataset != 'shapes' else None
+            if other:
+                raise CheckpointError(f'{args.resume}: these are SSD{other} weights, not '
+                                      f'SSD{args.size}: pass --size {other}') from None
             raise CheckpointError(f'{args.resume}: does not fit this model or optimiser '
                                   f'({str(e).splitlines()[0][:200]})') from None
         if not r.info.is_main:   # other ranks: their own seed, moved by the iteration
