@@ -311,3 +311,17 @@ def test_second_run_into_a_busy_folder_refuses(tmp_path, capfd):
     with pytest.warns(RuntimeWarning, match='taking over the lock of a run that ended'):
         assert run(out, '--max_iter', 1) == 0
     assert not (out / 'train.lock').exists()
+
+
+def test_resume_of_ssd512_checkpoint_as_300_suggests_the_size(tmp_path, capfd):
+    from data.shapes_io import write_dataset
+    root = write_dataset(str(tmp_path / 'data'), 'voc', num=4, seed=0, val_fraction=0.5)
+    net = build_ssd('train', 512, 6)
+    torch.save({'model': net.state_dict(), 'iteration': 3, 'optimizer': {}},
+               tmp_path / 'ckpt512.pth')
+    assert train.main(['--dataset', 'custom', '--dataset_root', root, '--basenet', 'none',
+                       '--resume', str(tmp_path / 'ckpt512.pth'), '--max_iter', '5',
+                       '--eval_every', '0', '--quiet', '--num_workers', '0',
+                       '--save_folder', str(tmp_path / 'out')]) == 1
+    line = one_error_line(capfd.readouterr().err)
+    assert line.endswith('ckpt512.pth: these are SSD512 weights, not SSD300: pass --size 512')

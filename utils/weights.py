@@ -146,7 +146,7 @@ def infer_config(sd, size=None, dataset=None, hint=None, path='<weights>', sugge
             if _meta_state_shapes(cfg, num_classes) == want:
                 return cfg
             tried.append(f"{cfg['name']} at {cfg['min_dim']}")
-    other = _other_size(sd, size, dataset, path) if suggest else None
+    other = other_size(sd, size, dataset, path) if suggest else None
     if other:
         raise CheckpointError(f'{path}: these are SSD{other} weights, not SSD{size}: '
                               f'pass --size {other}')
@@ -155,7 +155,7 @@ def infer_config(sd, size=None, dataset=None, hint=None, path='<weights>', sugge
                           f'pass --size/--dataset')
 
 
-def _other_size(sd, size, dataset=None, path='<weights>'):
+def other_size(sd, size, dataset=None, path='<weights>'):
     """The input size (300 or 512) that ``sd`` fits when it does not fit
     ``size``; None when neither does or no size was asked for."""
     if not size or dataset == 'shapes':
@@ -297,7 +297,7 @@ def load_weights(net, weights):
         net.load_state_dict(wf.state)
     except RuntimeError as e:
         size = getattr(net, 'size', None)
-        other = _other_size(wf.state, size, path=wf.path) if size in (300, 512) else None
+        other = other_size(wf.state, size, path=wf.path) if size in (300, 512) else None
         if other:
             raise CheckpointError(f'{wf.path}: these are SSD{other} weights, not '
                                   f'SSD{size}: pass --size {other}') from None
