@@ -325,3 +325,22 @@ def test_resume_of_ssd512_checkpoint_as_300_suggests_the_size(tmp_path, capfd):
                        '--save_folder', str(tmp_path / 'out')]) == 1
     line = one_error_line(capfd.readouterr().err)
     assert line.endswith('ckpt512.pth: these are SSD512 weights, not SSD300: pass --size 512')
+
+
+class _BadImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        from data.base import DatasetError
+        raise DatasetError(f'/data/{i}.jpg: truncated JPEG (no end-of-image marker)')
+
+
+def test_any_dataloader_worker_error_is_its_own_one_line():
+    """The exit wrapper's one line for an error torch re-raised from a worker
+    (evaluation's loader) is the worker's message."""
+    from utils.engine.cli import one_line
+    with pytest.raises(ValueError) as e:
+        list(torch.utils.data.DataLoader(_BadImages(), num_workers=1))
+    assert 'Original Traceback' in str(e.value)
+    assert one_line(e.value) == '/data/0.jpg: truncated JPEG (no end-of-image marker)'

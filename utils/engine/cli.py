@@ -8,6 +8,7 @@ Each script is ``main(argv=None) -> int``: it parses its flags and returns
 ``sys.exit`` is called only under ``if __name__ == '__main__'``.
 """
 import argparse
+import re
 import sys
 
 import cv2
@@ -76,9 +77,19 @@ def select_device(cuda=None):
 
 
 def one_line(e):
-    """The first line of an exception's message (its type name when empty)."""
+    """The first line of an exception's message (its type name when empty).
+    An error that torch re-raised from a DataLoader worker ("Caught X in
+    DataLoader worker process N. Original Traceback ...") gives the worker's
+    own message, as without workers."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    lines = text.splitlines()
+    if lines and lines[0].startswith('Caught ') and 'DataLoader worker' in lines[0]:
+        own = re.compile(rf'^(?:[\w.]+\.)?{re.escape(type(e).__name__)}: (.+)$')
+        for ln in reversed(lines):
+            m = own.match(ln.strip())
+            if m:
+                return m.group(1).strip()
+    return lines[0] if text else type(e).__name__
 
 
 def run_script(script, body, *args, **kwargs):
