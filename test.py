@@ -2,6 +2,7 @@
 
     python test.py --trained_model weights/ssd300_mAP_77.43_v2.pth          # VOC07 test -> eval/test1.txt
     python test.py --trained_model weights/ssd300_mAP_77.43_v2.pth --input photos/ clip.mp4 --save_folder out/
+    python test.py --onnx ssd300.onnx --input photos/      # a file from python -m utils.export, onnxruntime
 
 Without --input it does ssd.pytorch's job: ``<save_folder>/test1.txt`` with the
 ground truth and the predictions above --visual_threshold for every VOC test
@@ -40,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument('--top_k', default=200, type=int, help='Detections kept per class')
     p.add_argument('--channel_order', default=None, choices=['RGB', 'BGR'])
     p.add_argument('--bgr', action='store_true', help='Same as --channel_order BGR')
+    p.add_argument('--onnx', default=None,
+                   help='Run this ONNX file (python -m utils.export) with onnxruntime instead '
+                        'of --trained_model; its size, classes and channel order are in the file')
     return p.parse_args(argv)
 
 
@@ -58,15 +62,21 @@ def run(args):
     from utils.inference import Predictor
     from utils.weights import build_from_weights, dataset_of, read_weights
     device = select_device(args.cuda)
-    weights = read_weights(args.trained_model)
-    name = args.dataset or dataset_of(weights)
-    net, names, order = build_from_weights(
-        weights, size=args.size, dataset=args.dataset, dataset_root=args.dataset_root,
-        channel_order='BGR' if args.bgr else args.channel_order, device=device,
-        top_k=args.top_k)
-    predictor = Predictor(net, net.size, device=device, channel_order=order,
-                          conf_thresh=min(0.01, args.visual_threshold),
-                          batch_size=args.batch_size)
+    if args.onnx:             # an exported file, run by onnxruntime (utils.export)
+        from utils.export import OnnxPredictor
+        predictor = OnnxPredictor(args.onnx, device, 'BGR' if args.bgr else args.channel_order,
+                                  min(0.01, args.visual_threshold), args.batch_size)
+        name, names = args.dataset or predictor.dataset or 'VOC', predictor.classes
+    else:
+        weights = read_weights(args.trained_model)
+        name = args.dataset or dataset_of(weights)
+        net, names, order = build_from_weights(
+            weights, size=args.size, dataset=args.dataset, dataset_root=args.dataset_root,
+            channel_order='BGR' if args.bgr else args.channel_order, device=device,
+            top_k=args.top_k)
+        predictor = Predictor(net, net.size, device=device, channel_order=order,
+                              conf_thresh=min(0.01, args.visual_threshold),
+                              batch_size=args.batch_size)
     print('Finished loading model!')
     if args.input:
         run_inputs(predictor, args.input, names, args.save_folder, args.visual_threshold,

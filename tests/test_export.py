@@ -110,3 +110,67 @@ def test_bad_weight_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'bad.pth' in err
     assert not (tmp_path / 'x.onnx').exists()
+
+
+def _load_test_script():
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location('test_script_onnx', os.path.join(root, 'test.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _matched(a, b):
+    """Every detection of entry ``a`` has one in ``b``: same class, score to
+    the 4 decimals written (+1e-4), box to the 2 decimals written (+0.01)."""
+    free = [True] * len(b['scores'])
+    for box, lab, s in zip(a['boxes'], a['labels'], a['scores']):
+        for j, (box2, lab2, s2) in enumerate(zip(b['boxes'], b['labels'], b['scores'])):
+            if free[j] and lab == lab2 and abs(s - s2) <= 2e-4 and \
+                    max(abs(u - v) for u, v in zip(box, box2)) <= 0.02:
+                free[j] = False
+                break
+        else:
+            return False
+    return not any(free)
+
+
+def test_test_py_onnx_on_images_and_a_video_equals_pytorch(files, tmp_path):
+    import contextlib
+    import io
+    import json
+    net, onnx_file, images = files
+    (tmp_path / 'in').mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / 'in' / f'{i}.jpg'), images[i])
+    video = cv2.VideoWriter(str(tmp_path / 'in' / 'clip.mp4'), cv2.VideoWriter_fourcc(*'mp4v'),
+                            5, (160, 120))
+    for i in range(4):
+        video.write(cv2.resize(images[3 + i], (160, 120)))
+    video.release()
+    test = _load_test_script()
+    runs = {}
+    for name, model in (('torch', ['--trained_model', str(onnx_file.with_suffix('.pth'))]),
+                        ('onnx', ['--onnx', str(onnx_file)])):
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert test.main(model + ['--input', str(tmp_path / 'in'), '--visual_threshold',
+                                      '0.05', '--save_folder', str(tmp_path / name)]) == 0
+        runs[name] = json.loads((tmp_path / name / 'detections.json').read_text())
+    a, b = runs['torch'], runs['onnx']
+    assert len(a) == len(b) == 3 + 4
+    assert [(e['file'], e.get('frame')) for e in a] == [(e['file'], e.get('frame')) for e in b]
+    assert sum(len(e['scores']) for e in a) > 20
+    assert all(_matched(x, y) for x, y in zip(a, b))
+    assert sorted(p.name for p in (tmp_path / 'onnx').iterdir()) == [
+        '0.jpg', '1.jpg', '2.jpg', 'clip.mp4', 'detections.json']
+    names = {n for e in b for n in e['names']}
+    assert names and names <= set(SHAPES_CLASSES)
+
+
+def test_test_py_onnx_missing_file_is_one_line(tmp_path, capsys):
+    test = _load_test_script()
+    assert test.main(['--onnx', str(tmp_path / 'none.onnx'), '--input', str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'none.onnx' in err[0]

@@ -209,9 +209,10 @@ class OnnxPredictor(Predictor):
         super().__init__(None, self.meta['size'], self.meta.get('mean', MEANS), 'cpu',
                          channel_order or self.meta.get('channel_order', 'RGB'),
                          conf_thresh, batch_size)
-        self.classes = self.meta.get('classes')
-        self.dataset = self.meta.get('dataset')
         self.num_classes = self.meta['num_classes']
+        self.classes = tuple(self.meta.get('classes') or (
+            f'class{k}' for k in range(1, self.num_classes)))
+        self.dataset = self.meta.get('dataset')
 
     def forward(self, x):
         """``images [B, 3, S, S]`` (tensor) -> ``detections [B, C, top_k, 5]``."""
