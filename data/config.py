@@ -153,7 +153,7 @@ def dataset_name(name):
 #: The held-out split that evaluation uses when none is named (``eval.py``,
 #: ``test.py`` and evaluation during training): the first one present.
 EVAL_SPLITS = {'VOC': ('test',), 'COCO': ('val2017', 'val2014'),
-               'shapes': ('val',), 'custom': ('val', 'test', 'val2017')}
+               'shapes': ('val',), 'custom': ('val', 'test')}
 
 
 def eval_splits(name):

@@ -11,8 +11,7 @@ VOC        ``<year>_<split>``: 2007_trainval, 2012_trainval,  2007_trainval +
 COCO       train2017, val2017, train2014, val2014,           train2017, else
            valminusminival2014, minival2014, ...             train2014
 custom     the split names: trainval, train, val, test, ...  train, else
-                                                             trainval, else
-                                                             train2017
+                                                             trainval
 shapes     train, val, test                                  train
 =========  ===============================================  ==================
 
@@ -113,14 +112,13 @@ def has_split(name, root, split):
 #: first one on disk); VOC's is one union.
 TRAIN_SET_CHOICES = {'VOC': (VOC_TRAIN_SETS,), 'COCO': (('train2017',), ('train2014',)),
                      'shapes': (('train',),),
-                     'custom': (('train',), ('trainval',), ('train2017',))}
+                     'custom': (('train',), ('trainval',))}
 
 
 def default_train_sets(name, root=None):
     """The training sets of ``name`` when none is named: VOC
     ``('2007_trainval', '2012_trainval')``; COCO ``train2017``, else
-    ``train2014``; custom ``train``, else ``trainval``, else ``train2017``;
-    shapes ``train``.
+    ``train2014``; custom ``train``, else ``trainval``; shapes ``train``.
     When no choice is on disk, the first (whose error then names the file)."""
     from .config import dataset_name
     name = dataset_name(name)

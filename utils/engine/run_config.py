@@ -239,7 +239,10 @@ def _custom_schedule(c, batch_size):
     """Custom data: the VOC schedule scaled to the number of training
     images (``data.config.scaled_schedule``); flags given keep their value."""
     from data import get_dataset
-    n = len(get_dataset('custom', c.dataset_root, c.train_sets))
+    try:
+        n = len(get_dataset('custom', c.dataset_root, c.train_sets))
+    except (ValueError, OSError):   # the trainer opens it and says what is wrong, in one line
+        return {}
     return scaled_schedule(n, batch_size, c.max_iter)
 
 
