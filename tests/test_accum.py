@@ -164,3 +164,58 @@ def test_batch_must_split_into_processes_and_micro_batches(capsys):
     assert train.main(['--dataset', 'shapes', '--batch_size', '6', '--accum_steps', '4']) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and '--accum_steps' in err[0]
+
+
+DDP_WORKER = r'''
+import json, sys
+import torch, torch.distributed as dist
+from data.config import shapes
+from layers import MultiBoxLoss
+from ssd import build_ssd
+from utils.training.step import forward_backward, forward_backward_accum, optimizer_step
+from tests.test_accum import NO_BN, _batch
+
+dist.init_process_group('gloo')
+rank = dist.get_rank()
+images, targets = _batch(4, seed=rank)          # other images on each rank
+if rank == 1:
+    targets = [t[:0] for t in targets]          # no object at all on rank 1: N from rank 0 only
+out = []
+for k in (1, 2):
+    torch.manual_seed(0)
+    net = build_ssd('train', 128, 6, cfg=NO_BN)
+    ddp = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
+    crit = MultiBoxLoss(6, variance=NO_BN['variance'])
+    if k == 1:
+        forward_backward(ddp, crit, images, targets)
+    else:
+        forward_backward_accum(ddp, crit, images, targets, k, net.priors, ddp=ddp)
+    optimizer_step(opt)
+    out.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+other = [torch.zeros_like(out[1]) for _ in range(2)]
+dist.all_gather(other, out[1])
+if rank == 0:
+    json.dump({'accum_vs_whole': float((out[0] - out[1]).abs().max()),
+               'ranks': float((other[0] - other[1]).abs().max())}, open(sys.argv[1], 'w'))
+dist.destroy_process_group()
+'''
+
+
+def test_ddp_accumulation_equals_whole_batch(tmp_path):
+    """torchrun, 2 gloo processes: --accum_steps 2 equals 1 (N summed over
+    micro-batches and processes; gradients all-reduced once)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script, result = tmp_path / 'worker.py', tmp_path / 'r.json'
+    script.write_text(DDP_WORKER)
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS='1')
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                        '--nproc_per_node=2', str(script), str(result)], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(result.read_text())
+    assert r['ranks'] == 0 and r['accum_vs_whole'] <= 1e-6
