@@ -26,16 +26,16 @@ class Detect(nn.Module):
     normalised to [0, 1], sorted by decreasing score within each class, zero
     rows after the last detection; class 0 (background) is all zeros.
 
-    How it is fast: one threshold mask over ``[B, C, P]`` (a view, no copy) and
-    one ``nonzero`` give the candidates of all images and classes, already
-    grouped by (image, class); when a group has more than ``top_k``, its
-    ``top_k``-th best score (``topk``) raises its threshold first, so that
-    dense score maps cost no more than sparse ones; one integer sort orders
-    every group by decreasing score; only the survivors are decoded; NMS runs
-    per group (torchvision's CPU ``nms`` compares every kept box with every
-    later one, so one call over all groups would cost far more) or, off the
-    CPU, as one ``batched_nms``; the kept rows are scattered into the output
-    in one indexed write.
+    How it is fast: one threshold mask and one ``nonzero`` over ``[B, P, C]``
+    give the candidates of all images and classes; on dense score maps a
+    histogram of the scores (linear, no sort) first drops those that cannot
+    be among their (image, class)'s top_k; one stable sort of int64 keys
+    orders every group by decreasing score (ties: lower prior first); only
+    the top_k of each are decoded; NMS runs per group (torchvision's CPU
+    ``nms`` compares every kept box with every later one, so one call over
+    all groups would cost far more), shared among threads when there is much
+    of it, or, off the CPU, as one ``batched_nms``; the kept rows are written
+    into the output in one indexed write.
     """
 
     def __init__(self, num_classes, bkg_label=0, top_k=200, conf_thresh=0.01,
@@ -72,8 +72,10 @@ class Detect(nn.Module):
         """The scores > conf_thresh of ``conf [B, P, C]`` but the background's:
         ``img``, ``prior``, ``group`` (image * C + class; long), ``scores``,
         in the order (image, prior, class), and the count per group
-        ``[B * C]``. A group with more than top_k keeps only those that may be
-        among its top_k (see :func:`_may_be_top_k`)."""
+        ``[B * C]``. When the candidates outnumber the top_k of their groups
+        ``HISTOGRAM`` times, those that cannot be among their group's top_k
+        are dropped first (see :func:`_may_be_top_k`), so that dense score
+        maps are not sorted whole."""
         B, P, C = conf.shape
         G = B * C
         mask = conf > self.conf_thresh
@@ -86,7 +88,8 @@ class Detect(nn.Module):
         img = img_prior // P
         group = img * C + cls
         counts = torch.bincount(group, minlength=G)
-        if self.top_k < P and int(counts.max()) > self.top_k:
+        # the histogram pays when it drops most candidates (else sort them all)
+        if self.top_k < P and flat.numel() > HISTOGRAM * int(counts.clamp(max=self.top_k).sum()):
             keep = _may_be_top_k(scores, group, G, self.top_k).nonzero().squeeze(1)
             img_prior, img, group, scores = (img_prior[keep], img[keep],
                                              group[keep], scores[keep])
@@ -185,6 +188,7 @@ def _nms_slices(boxes, scores, sizes, iou_thresh):
 
 
 _ONE = torch.zeros(1, dtype=torch.long)
+HISTOGRAM = 3   # candidates per kept one above which the histogram bound runs
 PARALLEL_WORK = 400_000     # sum of squared slice sizes worth a second thread
 
 
