@@ -115,3 +115,11 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'vgg.pth' in err and 'ssd300_vgg16' in err
     assert not (tmp_path / 'o.pth').exists()
+
+
+def test_default_command_names_the_file_to_download(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert ct.main([]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'weights/ssd300_vgg16_coco-b556d3b4.pth: no such file' in err[0]
+    assert ct.SOURCE_URL in err[0]

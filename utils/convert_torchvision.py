@@ -162,6 +162,9 @@ def convert_state_dict(tv_sd, categories=None, fold=True, path='<state dict>'):
 def convert_file(src, dst):
     """Read torchvision's file ``src`` (weights_only), write our checkpoint
     ``dst`` atomically. Returns the checkpoint dict."""
+    if not os.path.isfile(src):
+        raise CheckpointError(f'{src}: no such file; download it from {SOURCE_URL} '
+                              '(this tool never downloads)')
     sd, names = convert_state_dict(extract_state_dict(load_file(src), src), path=src)
     ckpt = {'model': sd, 'channel_order': 'RGB',
             'args': {'dataset': 'COCO' if names is not None and len(names) == 80 else 'custom',
