@@ -36,7 +36,7 @@ test: $(STAMP) $(VISDOM_STAMP)
 # and eval.json), and draw its detections on a few validation images.
 DEMO ?= runs/demo
 demo: $(STAMP) $(VISDOM_STAMP)
-	$(PY) train.py --dataset shapes --save_folder $(DEMO) --eval_every 0
+	$(PY) train.py --dataset shapes --save_folder $(DEMO) --eval_every 0 --channels_last
 	$(PY) eval.py --dataset shapes --trained_model $(DEMO)/shapes.pth \
 		--save_folder $(DEMO)/eval --json $(DEMO)/eval.json
 	rm -rf $(DEMO)/val_images $(DEMO)/detections

@@ -40,7 +40,7 @@ def test_train_evaluates_by_default_and_keeps_the_best(trained):
     out, r = trained
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'iteration 2: VOC07 mAP ' in r.stderr + r.stdout
-    assert (out / 'ssd128_shapes_best.pth').is_file()
+    assert (out / 'ssd160_shapes_best.pth').is_file()
     assert (out / 'shapes.pth').is_file() and (out / 'checkpoint.pth').is_file()
     with open(out / 'metrics.csv', newline='') as f:
         rows = [row for row in csv.DictReader(f) if row.get('voc07_map')]

@@ -79,7 +79,7 @@ def test_one_path_for_every_kind_of_weight_file(tmp_path):
         build_from_weights(tmp_path / 'cut.pth')
     with pytest.raises(CheckpointError, match='snap.pth: its shapes fit none of the models'):
         build_from_weights(tmp_path / 'snap.pth', dataset='voc', size=300)
-    with pytest.raises(CheckpointError, match=r'snap.pth: does not fit the shapes SSD128 with 21'):
+    with pytest.raises(CheckpointError, match=r'snap.pth: does not fit the shapes SSD160 with 21'):
         build_from_weights(tmp_path / 'snap.pth', num_classes=21)
 
 

@@ -145,7 +145,7 @@ def build_parser():
     a('--channel_order', default=None, choices=['RGB', 'BGR'],
       help='network input channel order (default: RGB, or the order the --pretrained file '
            'records or is known by; BGR for Caffe-converted weights)')
-    a('--train_images', default=None, type=int, help='shapes: training images (default: 2000)')
+    a('--train_images', default=None, type=int, help='shapes: training images (default: the shapes preset\'s train_images)')
     a('--val_images', default=None, type=int, help='shapes: validation images (default: 200)')
     a('--visdom_server', default='http://localhost')
     a('--visdom_port', default=8097, type=int)
@@ -205,7 +205,8 @@ def resolve_run_config(args):
         c.cuda = torch.cuda.is_available()
     if shapes:
         from data.shapes import DEFAULT_SIZES
-        c.train_images = c.train_images or DEFAULT_SIZES['train']
+        from data.config import shapes as preset   # the demo's recipe may set it
+        c.train_images = c.train_images or preset.get('train_images', DEFAULT_SIZES['train'])
         c.val_images = c.val_images or DEFAULT_SIZES['val']
     late = [s for s in c.lr_steps if s >= c.max_iter] if args.lr_steps is not None else []
     if late:
