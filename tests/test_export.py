@@ -90,7 +90,7 @@ def test_same_detections_fails_on_a_missing_or_moved_box():
 def test_onnx_predictor_is_predictor(files):
     net, onnx_file, images = files
     pred = ex.OnnxPredictor(onnx_file, conf_thresh=0.05, batch_size=3)
-    assert pred.size == 128 and pred.channel_order == 'RGB' and pred.num_classes == 6
+    assert pred.size == net.size and pred.channel_order == 'RGB' and pred.num_classes == 6
     assert tuple(pred.classes) == SHAPES_CLASSES
     theirs = Predictor(net, net.size, conf_thresh=0.05, batch_size=3)(images)
     ours = pred(images)
