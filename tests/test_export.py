@@ -72,6 +72,17 @@ def test_top_k_and_thresholds_are_detects():
     assert ours.shape == (2, 6, 3, 5) and torch.equal(ours, ref)
 
 
+def test_top_k_above_the_prior_count_pads_with_zero_rows():
+    net = _net()
+    P = net.priors.shape[0]
+    net.detect.top_k = P + 7
+    x = torch.randn(1, 3, net.size, net.size) * 50
+    with torch.no_grad():
+        ours = ex.ExportableSSD(net)(x)
+        assert ours.shape == (1, 6, P + 7, 5) and torch.equal(ours, net(x))
+    assert not ours[:, :, P:].any()
+
+
 def test_same_detections_fails_on_a_missing_or_moved_box():
     a = torch.zeros(1, 2, 3, 5)
     a[0, 1, 0] = torch.tensor([.9, .1, .1, .5, .5])
