@@ -46,7 +46,7 @@ from torchvision.ops import batched_nms
 from data.config import MEANS
 from layers.box_utils import decode
 from utils.checkpoint import CheckpointError
-from utils.inference import Predictor, _check_image, split_detections
+from utils.inference import Predictor
 
 OPSET = 17
 
@@ -215,21 +215,10 @@ class OnnxPredictor(Predictor):
         self.dataset = self.meta.get('dataset')
 
     def forward(self, x):
-        """``images [B, 3, S, S]`` (tensor) -> ``detections [B, C, top_k, 5]``."""
+        """``images [B, 3, S, S]`` (tensor) -> ``detections [B, C, top_k, 5]``;
+        :meth:`Predictor.__call__` does the rest (batches, boxes in pixels)."""
         out = self.session.run(['detections'], {'images': x.numpy()})[0]
         return torch.from_numpy(out)
-
-    def __call__(self, images):
-        results = []
-        for s in range(0, len(images), self.batch_size):
-            chunk = [_check_image(im) for im in images[s:s + self.batch_size]]
-            out = self.forward(self.preprocess(chunk))
-            for boxes, scores, labels in split_detections(out, [im.shape[:2] for im in chunk],
-                                                          self.conf_thresh):
-                order = np.argsort(-scores, kind='stable')
-                results.append(dict(boxes=boxes[order], scores=scores[order],
-                                    labels=labels[order]))
-        return results
 
 
 def same_detections(a, b, tol=1e-4):

@@ -90,14 +90,18 @@ class Predictor:
             x = x[..., ::-1]
         return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
 
+    def forward(self, x):
+        """``[B, 3, size, size]`` -> Detect's ``[B, C, top_k, 5]``: the net in
+        test phase (``utils.export.OnnxPredictor`` runs onnxruntime instead)."""
+        with inference_phase(self.net) as net:
+            return net(x)
+
     @torch.inference_mode()
     def __call__(self, images):
         results = []
         for s in range(0, len(images), self.batch_size):
             chunk = [_check_image(im) for im in images[s:s + self.batch_size]]
-            x = self.preprocess(chunk).to(self.device)
-            with inference_phase(self.net) as net:
-                out = net(x)
+            out = self.forward(self.preprocess(chunk).to(self.device))
             sizes = [im.shape[:2] for im in chunk]
             for boxes, scores, labels in split_detections(out, sizes, self.conf_thresh):
                 order = np.argsort(-scores, kind='stable')
