@@ -148,3 +148,15 @@ def test_pretrained_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):                          # argparse: the flag's error
         train.main(base + ['--freeze', 'fc'])
     assert "unknown module 'fc'" in capsys.readouterr().err
+
+
+def test_resume_with_other_classes_points_to_pretrained(tmp_path, capsys):
+    """ssd.pytorch's way (--resume a weights-only file of other classes) is
+    one line that names the classes and --pretrained."""
+    path = tmp_path / 'ssd128_VOC.pth'
+    torch.save(_shapes_net(21, 0).state_dict(), path)
+    assert train.main(['--dataset', 'shapes', '--resume', str(path), '--max_iter', '1',
+                       '--save_folder', str(tmp_path / 'o'), '--quiet']) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'size mismatch for conf.0.weight' in err[0]
+    assert 'it has 21 classes, this model 6: --pretrained loads what fits' in err[0]

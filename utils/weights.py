@@ -302,7 +302,14 @@ def load_weights(net, weights):
             raise CheckpointError(f'{wf.path}: these are SSD{other} weights, not '
                                   f'SSD{size}: pass --size {other}') from None
         first = ' '.join(x.strip() for x in str(e).strip().splitlines()[:2])
-        raise CheckpointError(f'{wf.path}: does not fit this model ({first[:300]})') from None
+        try:
+            n_file, n_net = num_classes_of(wf.state, wf.path), getattr(net, 'num_classes', None)
+        except CheckpointError:
+            n_file = n_net = None
+        hint = (f'; it has {n_file} classes, this model {n_net}: --pretrained loads what '
+                'fits and re-initialises the rest' if n_net and n_file != n_net else '')
+        raise CheckpointError(f'{wf.path}: does not fit this model ({first[:300]}){hint}') \
+            from None
     return wf
 
 
