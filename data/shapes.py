@@ -165,6 +165,7 @@ class ShapesDetection(DetectionDataset):
         self.ids = [f'{self.seed}_{i:06d}' for i in range(int(n))]
         self.cache = (n <= 5000) if cache is None else cache
         self._cache = {}
+        self._last = None                 # (index, item) when not caching
 
     def _get(self, index):
         if index < 0:
@@ -173,9 +174,13 @@ class ShapesDetection(DetectionDataset):
             raise IndexError(f'shapes index {index} out of range')
         item = self._cache.get(index)
         if item is None:
+            if self._last is not None and self._last[0] == index:
+                return self._last[1]      # pull_image then pull_gt: one generation
             item = generate(self.seed, index)
             if self.cache:
                 self._cache[index] = item
+            else:
+                self._last = (index, item)
         return item
 
     def pull_image(self, index):
