@@ -160,3 +160,23 @@ def test_resume_with_other_classes_points_to_pretrained(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'size mismatch for conf.0.weight' in err[0]
     assert 'it has 21 classes, this model 6: --pretrained loads what fits' in err[0]
+
+
+def test_pretrained_from_torchvision_coco_conversion(tmp_path):
+    """torchvision's COCO SSD300 converted by utils.convert_torchvision (a
+    random one here) starts a 5-class SSD300: all but conf.* loaded."""
+    from torchvision.models.detection import ssd300_vgg16
+    from utils.convert_torchvision import convert_file
+    torch.manual_seed(0)
+    tv = tmp_path / 'ssd300_vgg16_coco.pth'
+    torch.save(ssd300_vgg16(weights=None, weights_backbone=None).state_dict(), tv)
+    ours = tmp_path / 'ssd300_COCO_torchvision.pth'
+    ckpt = convert_file(str(tv), str(ours))
+    c = parse_run_config(['--dataset', 'shapes', '--pretrained', str(ours)])
+    assert c.channel_order == 'RGB'                  # recorded in the file
+    net = build_ssd('train', 300, 6)
+    _, msg = init_from_pretrained(net, ours)
+    assert msg.startswith(f'pretrained {ours}: loaded 59 of 71 tensors; re-initialised')
+    assert msg.endswith(', '.join(CONF))
+    sd = net.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in ckpt['model'].items() if k not in CONF)
