@@ -87,7 +87,7 @@ def build_parser():
       help='dataset root (default: data.VOC_ROOT / data.COCO_ROOT)')
     a('--basenet', default=None,
       help='ImageNet VGG16 reduced-fc weights for net.vgg (in weights/); none: from scratch '
-           '(default: vgg16_reducedfc.pth; none for the shapes preset)')
+           '(default: vgg16_reducedfc.pth; none for the shapes preset; --pretrained replaces it)')
     a('--batch_size', default=None, type=positive_int,
       help='GLOBAL batch size (split over torchrun processes); the default follows the dataset schedule: 32, or 16 for shapes')
     a('--resume', default=None, type=str,
@@ -156,9 +156,9 @@ def build_parser():
            'torchvision or Caffe): every tensor whose shape fits is loaded, the rest (the conf '
            'heads for other classes) re-initialised and listed in one line; iteration 0, a '
            'fresh optimizer; replaces --basenet')
-    a('--freeze', default=(), type=parse_freeze,
+    a('--freeze', default=None, type=parse_freeze,
       help='comma-separated modules kept fixed (not in the optimizer): vgg, L2Norm, extras, '
-           'loc, conf; e.g. --freeze vgg')
+           'loc, conf; e.g. --freeze vgg (default: none)')
     a('--accum_steps', default=1, type=int,
       help='gradient accumulation: each step runs K micro-batches of batch_size / '
            '(processes x K) images, N summed over them (one step = one step on the whole batch)')
@@ -195,6 +195,7 @@ def resolve_run_config(args):
         if c.resume and getattr(c, 'pretrained', None):
             c.pretrained = None   # the checkpoint continues the run it started
     _resolve_pretrained(c)
+    c.freeze = tuple(c.freeze or ())
     if c.basenet is None:
         c.basenet = 'none' if shapes else 'vgg16_reducedfc.pth'
     if c.num_workers is None:     # shapes: in memory; a worker would contend with torch's threads
