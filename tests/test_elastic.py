@@ -94,7 +94,9 @@ def test_two_launchers_as_two_nodes(tmp_path):
 def test_killed_worker_restarts_the_group_which_resumes(tmp_path):
     out, max_iter = tmp_path / 'out', 14
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
-           '--nproc_per_node=2', '--max_restarts=1', '--monitor_interval=0.5'] + TINY + [
+           # 1 restart for the kill; 1 spare: under heavy load gloo's first connection of a
+           # restarted group was once refused (connectFullMesh), a torch-level flake
+           '--nproc_per_node=2', '--max_restarts=2', '--monitor_interval=0.5'] + TINY + [
         '--max_iter', str(max_iter), '--save_every', '2', '--resume', 'auto',
         '--save_folder', str(out)]
     p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
@@ -109,7 +111,7 @@ def test_killed_worker_restarts_the_group_which_resumes(tmp_path):
         holder = json.loads((out / 'train.lock').read_text())     # rank 0
         assert holder['run_id']
         os.kill(holder['pid'], signal.SIGKILL)
-        _, err = p.communicate(timeout=300)
+        _, err = p.communicate(timeout=400)
     finally:
         stop_all([p])
     assert p.returncode == 0, err[-4000:]
@@ -118,7 +120,7 @@ def test_killed_worker_restarts_the_group_which_resumes(tmp_path):
     # the restarted group took over rank 0's lock and resumed from a checkpoint
     assert 'taking over the lock of a run that ended' in err
     starts = [int(x.split('..')[0].split()[-1]) for x in err.split('iterations ')[1:]]
-    assert starts[0] == 0 and len(starts) == 2 and starts[1] >= 2 and starts[1] % 2 == 0, starts
+    assert starts[0] == 0 and len(starts) >= 2 and starts[-1] >= 2 and starts[-1] % 2 == 0, starts
     # metrics.csv: every iteration once, none missing after the resume point
     assert loss_rows(out) == list(range(1, max_iter + 1))
     assert not (out / 'train.lock').exists()
