@@ -56,8 +56,9 @@ def seed_all(seed):
 
 
 class _Bad:
-    """A sample that could not be read: ``messages`` (one per file tried);
-    ``fatal`` when it stops the batch (no ``skip_bad``, or nothing good)."""
+    """A sample that could not be read: ``messages`` (one per bad file
+    tried) and the good ``sample`` that replaces it (None: none, the batch
+    stops)."""
 
     def __init__(self, messages, sample=None):
         self.messages, self.sample = tuple(messages), sample

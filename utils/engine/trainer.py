@@ -7,6 +7,7 @@ network (basenet or resume), optimiser, DDP / torch.compile, then the
 iteration loop (lr, forward/backward, NaN policy, step, logs, snapshots,
 evaluation), then the final weights, checkpoint and loss plot.
 """
+import errno
 import math
 import os
 import sys
@@ -310,6 +311,9 @@ def _loop(r):
         save_checkpoint(r, it)
     except Exception as e:
         save_on_error(r, e)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise SaveError(f'{args.save_folder}: no space left on device while writing '
+                            f'the logs ({e.strerror or e})') from None
         raise
     finally:
         if r.bad.summary():
