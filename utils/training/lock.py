@@ -1,14 +1,19 @@
 """One training run per save folder.
 
 :class:`SaveFolderLock` holds ``<save_folder>/train.lock`` for the whole run:
-an exclusive ``flock`` on the file, which records the holder (pid, host,
-start time, command line, torchrun's run id). A second run into the same
-folder finds the file locked and refuses at once with one line naming the
-holder (:class:`FolderInUse`). The kernel drops a ``flock`` when its process
-dies, however it dies (kill -9 included), so a lock left by a dead process
-is taken over, with a warning naming it; that is also how the group that
-torchrun restarts after a failure (``--max_restarts``) takes over the lock
-of its own previous rank 0. Under torchrun only rank 0 holds it.
+an exclusive POSIX record lock (``fcntl.lockf``) on the file, which records
+the holder (pid, host, start time, command line, torchrun's run id). A
+second run into the same folder finds the file locked and refuses at once
+with one line naming the holder (:class:`FolderInUse`). The kernel drops the
+lock when its process dies, however it dies (kill -9 included), and forked
+children (DataLoader workers that outlive it for a moment) do not inherit
+it, so a lock left by a dead process is taken over at once, with a warning
+naming it; that is also how the group that torchrun restarts after a
+failure (``--max_restarts``) takes over the lock of its own previous rank 0.
+Under torchrun only rank 0 holds it. A POSIX lock belongs to a process, so
+a second lock of the same folder in the same process is refused through
+:data:`_HELD` (and the file is never opened a second time, which would drop
+the lock).
 """
 import fcntl
 import json
@@ -19,6 +24,7 @@ import time
 import warnings
 
 LOCK_NAME = 'train.lock'
+_HELD = {}      # real path of a lock file -> (pid, fd) of the SaveFolderLock holding it
 
 
 class FolderInUse(OSError):
@@ -46,23 +52,30 @@ class SaveFolderLock:
         self.fd = None
         self.previous = None
 
+    def _refuse(self, info):
+        return FolderInUse(
+            f'{self.folder} is in use by another training run ({_describe(info)}'
+            f'{", " + info["command"] if info and info.get("command") else ""}): '
+            'wait for it to end or choose another --save_folder')
+
     def acquire(self):
         try:
             os.makedirs(self.folder, exist_ok=True)
         except OSError as e:
             raise OSError(f'{self.folder}: cannot create the save folder '
                           f'({(e.strerror or str(e)).lower()})') from None
+        key = os.path.realpath(self.path)
+        held = _HELD.get(key)
+        if held and held[0] == os.getpid():           # this process holds it
+            raise self._refuse(_read(held[1]))
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 info = _read(fd)
                 os.close(fd)
-                raise FolderInUse(
-                    f'{self.folder} is in use by another training run ({_describe(info)}'
-                    f'{", " + info["command"] if info and info.get("command") else ""}): '
-                    'wait for it to end or choose another --save_folder') from None
+                raise self._refuse(info) from None
             try:                      # the file we locked is still the one at path
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -84,12 +97,14 @@ class SaveFolderLock:
         os.pwrite(fd, (json.dumps(record) + '\n').encode(), 0)
         os.fsync(fd)
         self.fd = fd
+        _HELD[key] = (os.getpid(), fd)
         return self
 
     def release(self):
         """Remove the lock file and drop the lock (idempotent)."""
         if self.fd is None:
             return
+        _HELD.pop(os.path.realpath(self.path), None)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
