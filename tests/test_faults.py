@@ -344,3 +344,25 @@ def test_any_dataloader_worker_error_is_its_own_one_line():
         list(torch.utils.data.DataLoader(_BadImages(), num_workers=1))
     assert 'Original Traceback' in str(e.value)
     assert one_line(e.value) == '/data/0.jpg: truncated JPEG (no end-of-image marker)'
+
+
+def test_lock_of_a_killed_run_is_free_while_its_forked_workers_live(tmp_path):
+    """A run killed while its DataLoader workers (forked) still live: the
+    lock is taken over at once, not after the workers exit."""
+    from utils.training.lock import SaveFolderLock
+    code = ('import os, sys\n'
+            'from utils.training.lock import SaveFolderLock\n'
+            'SaveFolderLock(sys.argv[1]).acquire()\n'
+            'if os.fork() == 0:\n'
+            '    sys.stdin.read()\n'          # the "worker" lives until stdin closes
+            '    os._exit(0)\n'
+            'os._exit(9)\n')
+    p = subprocess.Popen([sys.executable, '-c', code, str(tmp_path)], cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.PIPE)
+    try:
+        assert p.wait(timeout=60) == 9
+        with pytest.warns(RuntimeWarning, match='taking over the lock'):
+            lock = SaveFolderLock(tmp_path).acquire()
+        lock.release()
+    finally:
+        p.stdin.close()
