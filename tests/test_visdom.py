@@ -101,3 +101,21 @@ def test_unreachable_server_warns_once_and_trains(tmp_path):
     msgs = [str(x.message) for x in w if 'visdom' in str(x.message)]
     assert len(msgs) == 1 and 'training goes on' in msgs[0]
     assert os.path.isfile(tmp_path / 'checkpoint.pth')
+
+
+def test_validation_metric_window(tmp_path, visdom_server, monkeypatch):
+    """--eval_metric coco: the validation window plots COCO AP per evaluation."""
+    import utils.evaluation.evaluate as evaluate
+    values = iter([0.25, 0.5])
+    monkeypatch.setattr(evaluate, 'evaluate_model',
+                        lambda net, ds, metrics=('voc07',), **kw: {'coco': {'AP': next(values)}})
+    env = 'ssd_metric'
+    assert train.main(TINY + ['--save_folder', str(tmp_path), '--visdom', 'True',
+                              '--visdom_port', str(visdom_server), '--visdom_env', env,
+                              '--eval_every', '1', '--val_images', '2',
+                              '--eval_metric', 'coco']) == 0
+    client = visdom.Visdom(port=visdom_server, env=env, use_incoming_socket=False)
+    data = json.loads(client.get_window_data(win=f'{env}_map', env=env))
+    (trace,) = data['content']['data']
+    assert trace['name'] == 'COCO AP'
+    assert trace['x'] == [1, 2] and trace['y'] == [0.25, 0.5]

@@ -8,8 +8,8 @@ from utils.engine.cli import select_device
 from utils.evaluation.coco import (dets_from_results, gt_from_coco, load_coco_gt,
                              read_results)
 from utils.evaluation.detections import EvalInputError, load_voc_gt, read_devkit
-from utils.evaluation.evaluate import (coco_target, detect_dataset, evaluate_detections,
-                              ground_truth, parse_metrics, print_tables,
+from utils.evaluation.evaluate import (coco_target, default_metric, detect_dataset,
+                              evaluate_detections, ground_truth, parse_metrics, print_tables,
                               save_outputs, to_json)
 
 def open_dataset(name, args):
@@ -108,7 +108,7 @@ def evaluate_files(args, metrics):
 
 def run(args):
     """eval.py's body; returns the --json dict."""
-    metrics = parse_metrics(args.metric or ('coco' if args.dataset == 'COCO' else 'voc07'))
+    metrics = parse_metrics(args.metric or default_metric(args.dataset))
     if args.detections:
         results, dets, gt, name = evaluate_files(args, metrics)
     else:

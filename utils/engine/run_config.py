@@ -117,8 +117,11 @@ def build_parser():
     a('--save_every', default=None, type=positive_int,
       help='iterations between snapshots and checkpoint.pth (default 5000)')
     a('--eval_every', default=None, type=non_negative_int,
-      help='iterations between validation VOC07 mAP runs, also run at the end; keeps '
+      help='iterations between validation runs (--eval_metric), also run at the end; keeps '
            '<name>_best.pth (default: the schedule\'s, 10000, or 400 for shapes; 0: never)')
+    a('--eval_metric', default=None, choices=['voc07', 'voc12', 'coco'],
+      help='the validation metric logged and the best model kept by: VOC07 mAP, VOC2010+ '
+           'mAP or COCO AP (default: coco for COCO, else voc07)')
     a('--eval_batch_size', default=16, type=int)
     a('--amp', default='off', nargs='?', const='bf16', choices=['off', 'bf16', 'fp16'],
       help='mixed precision on CUDA (--amp alone means bf16)')
@@ -150,6 +153,9 @@ def build_parser():
     a('--visdom_server', default='http://localhost')
     a('--visdom_port', default=8097, type=int)
     a('--visdom_env', default='SSD')
+    a('--tensorboard', default=None,
+      help='write TensorBoard scalars (losses, lr, img/s, the validation metric) to this '
+           'folder; True: <save_folder>/tensorboard (default: none)')
     # fine-tuning, image sets, gradient accumulation (doc/training.md)
     a('--pretrained', default=None,
       help='start from a trained detector (ssd.pytorch\'s, ours, or converted from '
@@ -213,6 +219,15 @@ def resolve_run_config(args):
     if late:
         warnings.warn(f'--lr_steps {",".join(map(str, late))} at or beyond --max_iter '
                       f'{c.max_iter}: never reached', RuntimeWarning)
+    if c.eval_metric is None:
+        from utils.evaluation.evaluate import default_metric
+        c.eval_metric = default_metric(c.dataset)
+    if c.tensorboard is not None:       # a folder; True: one in --save_folder; False: off
+        flag = c.tensorboard.lower()
+        if flag in ('true', 'yes', '1'):
+            c.tensorboard = os.path.join(c.save_folder, 'tensorboard')
+        elif flag in ('false', 'no', '0', 'none', ''):
+            c.tensorboard = None
     if c.val_set is None:
         c.val_splits = tuple(eval_splits(c.dataset)) if c.eval_every else ()
     else:

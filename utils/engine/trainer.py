@@ -183,6 +183,8 @@ def _resume(r, weights):
         try:
             it, r.best_map, r.policy.skipped = restore_full_state(
                 ckpt, r.net, r.optimizer, r.scaler, restore_rng=r.info.is_main)
+            if (ckpt.get('args') or {}).get('eval_metric', 'voc07') != args.eval_metric:
+                r.best_map = None       # the best so far was judged by another metric
         except (RuntimeError, ValueError, KeyError) as e:
             from utils.weights import other_size
             other = other_size(weights.state, args.size) if args.dataset != 'shapes' else None
@@ -232,19 +234,22 @@ def save_weights(r, path):
 
 
 def evaluate(r, it, log):
-    """VOC07 mAP on the validation split (rank 0); keeps the best weights."""
+    """``--eval_metric`` (VOC07 mAP, VOC2010+ mAP or COCO AP) on the
+    validation split (rank 0); keeps the best weights by it."""
     if r.val_ds is None:
         return None
     value = None
     if r.info.is_main:
-        from utils.evaluation.evaluate import evaluate_model
+        from utils.evaluation import evaluate as E
+        metric = r.args.eval_metric
         state = get_rng_state()
-        res = evaluate_model(r.net, r.val_ds, device=r.info.device,
-                             batch_size=r.args.eval_batch_size,
-                             num_workers=min(r.args.num_workers, 2), metrics=('voc07',))
+        res = E.evaluate_model(r.net, r.val_ds, device=r.info.device,
+                               batch_size=r.args.eval_batch_size,
+                               num_workers=min(r.args.num_workers, 2), metrics=(metric,),
+                               progress=not r.args.quiet)
         set_rng_state(state)
-        value = float(res['voc07']['map'])
-        log.evaluation(it, value)
+        value = E.headline(res, metric)
+        log.evaluation(it, value, metric)
         if r.best_map is None or value > r.best_map:
             r.best_map = value
             save_weights(r, snapshot_name(r.args, r.cfg, 'best'))
@@ -288,7 +293,8 @@ def _loop(r):
     vis = VisdomPlotter(args.visdom_server, args.visdom_port, args.visdom_env) \
         if args.visdom and info.is_main else None
     log = TrainLogger(args.save_folder, r.start_iter, args.max_iter, args.log_every,
-                      vis, enabled=info.is_main, progress=not args.quiet)
+                      vis, enabled=info.is_main, progress=not args.quiet,
+                      tensorboard=args.tensorboard if info.is_main else None)
     _describe(r, log)
     D.check_same(r.start_iter, 'the iteration to start at', info.device)
     say = log.write if info.is_main else \
