@@ -5,6 +5,7 @@ Each ``check_<format>(report, root, year, split, decode, classes)`` fills a
 import glob
 import os
 import os.path as osp
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,13 +45,18 @@ def image_problem(path, decode=True, report=None):
 
 
 def _images(paths, decode, report=None):
-    """image_problem over many files. Decoding runs in this thread, one
-    image at a time (the decoder's messages are read from fd 2, see
-    ``data.base.decode_image``); checks without decoding run in threads."""
+    """image_problem over many files, with a progress bar on stderr (count,
+    rate, ETA). Decoding runs in this thread, one image at a time (the
+    decoder's messages are read from fd 2, see ``data.base.decode_image``;
+    the bar is drawn only between images: ``miniters=1`` keeps tqdm's
+    monitor thread from redrawing it); checks without decoding run in threads."""
+    from tqdm import tqdm
+    bar = dict(total=len(paths), desc='checking images', unit='img', miniters=1,
+               file=sys.stderr, dynamic_ncols=True)
     if decode:
-        return [image_problem(p, True, report) for p in paths]
+        return [image_problem(p, True, report) for p in tqdm(paths, **bar)]
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as ex:
-        return list(ex.map(lambda p: image_problem(p, False), paths))
+        return list(tqdm(ex.map(lambda p: image_problem(p, False), paths), **bar))
 
 
 def _box_warnings(report, file, k, name, box, w, h, tol=0.0):
