@@ -8,8 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import uuid
 
 import pytest
 import torch
@@ -296,7 +294,6 @@ def test_second_run_into_a_busy_folder_refuses(tmp_path, capfd):
     from utils.training.lock import SaveFolderLock
     out = tmp_path / 'busy'
     with SaveFolderLock(out):
-        t = time.perf_counter()
         assert run(out, '--max_iter', 1) == 1
         line = one_error_line(capfd.readouterr().err)
     assert f'{out} is in use by another training run (pid {os.getpid()} on ' \
