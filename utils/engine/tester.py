@@ -62,24 +62,35 @@ def _entry(file, det, names, thresh, frame=None):
     return e
 
 
+def _bar(total, desc, unit):
+    """The progress bar of --input mode (stderr: count, rate, ETA)."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
 def run_images(predictor, items, names, folder, thresh, used, batch_size=8):
     """Detect, draw and write images; returns (json entries, files written)."""
     from utils.draw import draw_detections
     entries, written = [], []
-    for s in range(0, len(items), batch_size):
-        chunk = []
-        for p in items[s:s + batch_size]:
-            img = cv2.imread(p, cv2.IMREAD_COLOR)
-            if img is None:
-                print(f'test.py: warning: {p}: not a readable image, skipped', file=sys.stderr)
-                continue
-            chunk.append((p, img))
-        for (p, img), det in zip(chunk, predictor([im for _, im in chunk]) if chunk else []):
-            out = _out_path(folder, p, used)
-            cv2.imwrite(out, draw_detections(img, det['boxes'], det['labels'], det['scores'],
-                                             names, thresh))
-            entries.append(_entry(p, det, names, thresh))
-            written.append(out)
+    if not items:
+        return entries, written
+    with _bar(len(items), 'images', 'img') as bar:
+        for s in range(0, len(items), batch_size):
+            chunk = []
+            for p in items[s:s + batch_size]:
+                img = cv2.imread(p, cv2.IMREAD_COLOR)
+                if img is None:
+                    bar.write(f'test.py: warning: {p}: not a readable image, skipped',
+                              file=sys.stderr)
+                    continue
+                chunk.append((p, img))
+            for (p, img), det in zip(chunk, predictor([im for _, im in chunk]) if chunk else []):
+                out = _out_path(folder, p, used)
+                cv2.imwrite(out, draw_detections(img, det['boxes'], det['labels'],
+                                                 det['scores'], names, thresh))
+                entries.append(_entry(p, det, names, thresh))
+                written.append(out)
+            bar.update(len(items[s:s + batch_size]))
     return entries, written
 
 
@@ -92,6 +103,7 @@ def run_video(predictor, path, names, folder, thresh, used, batch_size=8):
         return [], []
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     out_path, writer, entries, frame = _out_path(folder, path, used, '.mp4'), None, [], 0
+    bar = _bar(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None, os.path.basename(path), 'frame')
     try:
         while True:
             frames = []
@@ -112,7 +124,9 @@ def run_video(predictor, path, names, folder, thresh, used, batch_size=8):
                                              names, thresh))
                 entries.append(_entry(path, det, names, thresh, frame))
                 frame += 1
+            bar.update(len(frames))
     finally:
+        bar.close()
         cap.release()
         if writer is not None:
             writer.release()
