@@ -17,6 +17,7 @@ import torch
 
 from data.config import (eval_splits, scaled_schedule, schedule_config,
                          schedule_defaults, shapes as SHAPES_CFG)
+from data.augmentations import AUGMENTS
 from utils.engine.cli import add_cuda_flag, add_dataset_flag, str2bool
 from utils.training.finetune import parse_freeze
 
@@ -129,6 +130,13 @@ def build_parser():
     a('--channels_last', action='store_true', help='NHWC memory format')
     a('--compile', action='store_true', help='torch.compile the network')
     a('--sync_bn', action='store_true', help='SyncBatchNorm under DDP (BN models)')
+    a('--augment', default=None, choices=AUGMENTS,
+      help='training augmentation: ssd (the paper\'s; default for VOC, COCO, custom), '
+           'shapes (the shapes preset\'s mirror-only; its default) or none (ssd.pytorch\'s '
+           'BaseTransform: resize, minus the means; doc/reproduction.md)')
+    a('--caffe_bias', action='store_true',
+      help='Caffe\'s bias settings: biases at 2x the lr and without weight decay '
+           '(doc/reproduction.md)')
     a('--no_divide_by_n', action='store_true',
       help='ablation: do not divide loss_l and loss_c by N (doc/loss_normalization.md)')
     a('--nan_policy', default='stop', choices=['stop', 'skip'],
@@ -204,6 +212,8 @@ def resolve_run_config(args):
     c.freeze = tuple(c.freeze or ())
     if c.basenet is None:
         c.basenet = 'none' if shapes else 'vgg16_reducedfc.pth'
+    if c.augment is None:
+        c.augment = 'shapes' if shapes else 'ssd'
     if c.num_workers is None:     # shapes: in memory; a worker would contend with torch's threads
         c.num_workers = 0 if shapes else default_workers()
     if c.threads is None:

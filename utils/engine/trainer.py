@@ -40,14 +40,14 @@ VGG_HELP = ('download https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.
 # ------------------------------------------------------------------ set-up
 
 def build_datasets(c):
-    """Training set (with SSDAugmentation), validation set (the first of
+    """Training set (with the ``--augment`` transform), validation set (the first of
     ``c.val_splits`` on disk, or None) and the model's config dict, for the
     :class:`~utils.engine.run_config.RunConfig` ``c``."""
-    from data import BaseTransform, SSDAugmentation, get_dataset
+    from data import BaseTransform, get_dataset
+    from data.augmentations import train_transform
     shapes = c.dataset == 'shapes'
-    augment = SHAPES_CFG.get('augment', {}) if shapes else {}    # the preset softens it
     train_ds = get_dataset(c.dataset, c.dataset_root, c.train_sets,
-                           transform=SSDAugmentation(c.size, MEANS, **augment),
+                           transform=train_transform(c.augment, c.size, MEANS),
                            **_dataset_kw(c, c.train_images))
     cfg = dict(SHAPES_CFG) if shapes else config_for(len(train_ds.classes) + 1, c.size)
     val_ds, err = None, None
@@ -147,7 +147,7 @@ def setup(args, info):
         torch.backends.cudnn.benchmark = True     # fixed input size: autotuned convolutions
     r.net, r.fmt = net, fmt
     r.optimizer = make_optimizer(net, args.lr, args.momentum, args.weight_decay,
-                                 args.optimizer)
+                                 args.optimizer, caffe_bias=args.caffe_bias)
     r.amp_dtype, r.scaler = make_amp(args, info.device)
     r.schedule = dict(name='multistep', base_lr=args.lr, lr_steps=list(args.lr_steps),
                       gamma=args.gamma, warmup=args.warmup, max_iter=args.max_iter)

@@ -22,16 +22,37 @@ def lr_at(it, base_lr, lr_steps, gamma=0.1, warmup=0):
 
 
 def set_lr(optimizer, lr):
+    """Set ``lr`` on every group, times the group's ``lr_mult`` (1 unless
+    :func:`caffe_param_groups` made the groups)."""
     for g in optimizer.param_groups:
-        g['lr'] = lr
+        g['lr'] = lr * g.get('lr_mult', 1.0)
 
 
-def make_optimizer(net, lr, momentum, weight_decay, kind='sgd'):
+def caffe_param_groups(params, weight_decay):
+    """Caffe SSD's parameter settings (``param { lr_mult: 1 decay_mult: 1 }
+    param { lr_mult: 2 decay_mult: 0 }`` on every convolution): from
+    ``(name, parameter)`` pairs, the biases at twice the lr and without
+    weight decay, everything else as usual."""
+    weights, biases = [], []
+    for name, p in params:
+        (biases if name.endswith('.bias') else weights).append(p)
+    return [dict(params=weights, lr_mult=1.0, weight_decay=weight_decay),
+            dict(params=biases, lr_mult=2.0, weight_decay=0.0)]
+
+
+def make_optimizer(net, lr, momentum, weight_decay, kind='sgd', caffe_bias=False):
     """SGD with momentum and weight decay on all parameters (the paper and
     ssd.pytorch), or AdamW (``betas=(momentum, 0.999)``) for short
     from-scratch schedules such as the shapes preset. Parameters with
-    ``requires_grad`` False (``--freeze``) are left out."""
+    ``requires_grad`` False (``--freeze``) are left out. ``caffe_bias``: the
+    groups of :func:`caffe_param_groups` (biases at 2x the lr, no decay; change
+    the lr with :func:`set_lr`)."""
     params = [p for p in net.parameters() if p.requires_grad]
+    if caffe_bias:
+        params = caffe_param_groups(((n, p) for n, p in net.named_parameters()
+                                     if p.requires_grad), weight_decay)
+        for g in params:
+            g['lr'] = lr * g['lr_mult']
     if kind == 'adamw':
         return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999),
                                  weight_decay=weight_decay)
