@@ -49,6 +49,8 @@ class ThreadedCapture:
             raise OSError(f'--source {source}: cannot open this {kind}')
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 1 <= fps <= 240 else 30.0
+        count = 0 if self.is_camera else int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.frames = count if count > 0 else None      # None: unknown (camera, stream)
         self.queue = queue.Queue(maxsize=1 if self.is_camera else queue_size)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -114,12 +116,21 @@ def draw_fps(img, fps):
     return img
 
 
-def run(predictor, classes, capture, thresh=0.6, output=None, display=True, max_frames=None):
-    """Detect on every frame of ``capture``, draw, show and/or write.
+def run(predictor, classes, capture, thresh=0.6, output=None, display=True, max_frames=None,
+        progress=False):
+    """Detect on every frame of ``capture``, draw, show and/or write; with
+    ``progress``, a progress bar on stderr (count, rate, ETA when the frame
+    count is known).
 
     Returns the number of frames processed (= written when ``output``)."""
+    from tqdm import tqdm
     from utils.draw import draw_detections
     writer, n, fps, t_last = None, 0, 0.0, time.perf_counter()
+    total = getattr(capture, 'frames', None)
+    if max_frames is not None:
+        total = min(total, max_frames) if total else max_frames
+    bar = tqdm(total=total, unit='frame', desc='demo.live', file=sys.stderr,
+               dynamic_ncols=True, disable=not progress)
     try:
         while max_frames is None or n < max_frames:
             frame = capture.read()
@@ -136,6 +147,7 @@ def run(predictor, classes, capture, thresh=0.6, output=None, display=True, max_
                 writer = writer or open_writer(output, capture.fps, out)
                 writer.write(out)
             n += 1
+            bar.update(1)
             if display:
                 cv2.imshow('SSD (q to quit, p to pause)', out)
                 key = cv2.waitKey(1) & 0xFF
@@ -148,6 +160,7 @@ def run(predictor, classes, capture, thresh=0.6, output=None, display=True, max_
     except KeyboardInterrupt:
         print('\ninterrupted', file=sys.stderr)
     finally:
+        bar.close()
         if writer is not None:
             writer.release()
         if display:
@@ -219,7 +232,7 @@ def _main(args):
     t0 = time.perf_counter()
     try:
         n = run(predictor, classes, capture, args.thresh, args.output,
-                display=display, max_frames=args.max_frames)
+                display=display, max_frames=args.max_frames, progress=not display)
     finally:
         capture.release()
         signal.signal(signal.SIGTERM, old)
