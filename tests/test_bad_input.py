@@ -372,7 +372,6 @@ def test_decoding_in_a_dataloader_worker_names_the_file(tmp_path):
 
 
 # ---------------------------------------------- COCO results: the COCO metric
-@pytest.mark.xfail(strict=True, reason='the metric choice in utils/engine/evaluator.py: next')
 def test_coco_results_file_gets_the_coco_metric_by_default(tmp_path, capsys):
     ann, dets, _ = _coco_files(tmp_path)
     js = tmp_path / 'r.json'
@@ -387,7 +386,6 @@ def test_coco_results_file_gets_the_coco_metric_by_default(tmp_path, capsys):
     assert np.isfinite(res['coco']['AP'])
 
 
-@pytest.mark.xfail(strict=True, reason='test.py reads through data.base.read_image: next')
 def test_test_script_skips_a_corrupt_jpeg_naming_it(tmp_path, capfd):
     import cv2
     import torch
@@ -411,13 +409,12 @@ def test_test_script_skips_a_corrupt_jpeg_naming_it(tmp_path, capfd):
     err = capfd.readouterr().err
     assert rc == 0, err
     assert sorted(os.listdir(out)) == ['0.jpg', 'detections.json']    # the same policy
-    assert re.search(r'^test\.py: warning: ' + re.escape(f'{bad}: corrupt image data '
-                                                         '(decoder: Corrupt JPEG data'),
-                     err, re.M), err
-    assert not re.search(r'^Corrupt JPEG data', err, re.M), err
+    lines = re.split(r'[\r\n]', err)              # (tqdm's bar redraws with \r)
+    assert any(ln.startswith(f'test.py: warning: {bad}: corrupt image data (decoder: Corrupt '
+                             'JPEG data') for ln in lines), err
+    assert not any(ln.startswith('Corrupt JPEG data') for ln in lines), err
 
 
-@pytest.mark.xfail(strict=True, reason='open_dataset passes over only a missing split: next')
 def test_default_split_that_is_empty_is_not_passed_over(tmp_path, capsys):
     base, dets = _devkit(tmp_path)
     split = os.path.join(base, 'ImageSets', 'Main', 'val.txt')

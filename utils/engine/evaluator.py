@@ -3,6 +3,7 @@ model, evaluate a network or detection files, print, and write the outputs."""
 import json
 import os
 
+from data.base import DatasetNotFound
 from data.config import dataset_name, eval_splits
 from utils.engine.cli import select_device
 from utils.evaluation.coco import (dets_from_results, gt_from_coco, load_coco_gt,
@@ -28,7 +29,7 @@ def open_dataset(name, args):
         try:
             sets = [(args.year, split)] if name == 'VOC' else split
             return get_dataset(name, root, sets, **kw), split
-        except (ValueError, OSError):     # not on disk: try the next default split
+        except (DatasetNotFound, OSError):   # only a split not on disk: try the next
             if k == len(splits) - 1:
                 raise
 
@@ -61,11 +62,11 @@ def evaluate_network(args, metrics):
     net.detect.keep_top_k = getattr(args, 'keep_top_k', None)   # Caffe's per-image cap
     n = len(dataset) if not args.num_images else min(args.num_images, len(dataset))
     indices = range(n)
+    gt = ground_truth(dataset, indices).require_scorable()     # before the network runs
     dets = detect_dataset(net, dataset, device, args.batch_size, args.num_workers,
                           args.confidence_threshold, args.top_k, progress=True,
                           channel_order=order, indices=indices)
     print('Evaluating detections')
-    gt = ground_truth(dataset, indices)
     coco = coco_target(dataset, gt, indices) if 'coco' in metrics else None
     return evaluate_detections(dets, gt, metrics, coco), dets, gt, split
 
@@ -108,7 +109,8 @@ def evaluate_files(args, metrics):
 
 def run(args):
     """eval.py's body; returns the --json dict."""
-    metrics = parse_metrics(args.metric or default_metric(args.dataset))
+    results_json = bool(args.detections) and os.path.isfile(args.detections)  # COCO results
+    metrics = parse_metrics(args.metric or default_metric('COCO' if results_json else args.dataset))
     if args.detections:
         results, dets, gt, name = evaluate_files(args, metrics)
     else:
