@@ -70,6 +70,7 @@ def _bar(total, desc, unit):
 
 def run_images(predictor, items, names, folder, thresh, used, batch_size=8):
     """Detect, draw and write images; returns (json entries, files written)."""
+    from data.base import DatasetError, read_image
     from utils.draw import draw_detections
     entries, written = [], []
     if not items:
@@ -78,10 +79,10 @@ def run_images(predictor, items, names, folder, thresh, used, batch_size=8):
         for s in range(0, len(items), batch_size):
             chunk = []
             for p in items[s:s + batch_size]:
-                img = cv2.imread(p, cv2.IMREAD_COLOR)
-                if img is None:
-                    bar.write(f'test.py: warning: {p}: not a readable image, skipped',
-                              file=sys.stderr)
+                try:          # the loaders' reader and decoding policy (data.base)
+                    img = read_image(p)
+                except DatasetError as e:
+                    bar.write(f'test.py: warning: {e}, skipped', file=sys.stderr)
                     continue
                 chunk.append((p, img))
             for (p, img), det in zip(chunk, predictor([im for _, im in chunk]) if chunk else []):
