@@ -16,11 +16,12 @@ from utils.engine.run_config import parse_run_config
 from utils.training.step import forward_backward, forward_backward_accum, optimizer_step
 
 NO_BN = dict(shapes, batch_norm=False)      # the preset without BatchNorm
+S = shapes['min_dim']
 
 
 def _batch(b=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    images = torch.randn(b, 3, 128, 128, generator=g) * 50
+    images = torch.randn(b, 3, S, S, generator=g) * 50
     targets = []
     for i in range(b):
         if i == 1:                          # an image without objects: N = 0 on its own
@@ -36,7 +37,7 @@ def _batch(b=4, seed=0):
 
 def _nets():
     torch.manual_seed(0)
-    net = build_ssd('train', 128, 6, cfg=NO_BN)
+    net = build_ssd('train', S, 6, cfg=NO_BN)
     return net, copy.deepcopy(net)
 
 
@@ -152,7 +153,7 @@ def _shapes_file(tmp_path):
     path = tmp_path / 'start.pth'
     if not path.exists():
         torch.manual_seed(1)
-        torch.save(build_ssd('train', 128, 6, cfg=NO_BN).state_dict(), path)
+        torch.save(build_ssd('train', S, 6, cfg=NO_BN).state_dict(), path)
     return path
 
 
@@ -173,7 +174,7 @@ from data.config import shapes
 from layers import MultiBoxLoss
 from ssd import build_ssd
 from utils.training.step import forward_backward, forward_backward_accum, optimizer_step
-from tests.test_accum import NO_BN, _batch
+from tests.test_accum import NO_BN, S, _batch
 
 dist.init_process_group('gloo')
 rank = dist.get_rank()
@@ -183,7 +184,7 @@ if rank == 1:
 out = []
 for k in (1, 2):
     torch.manual_seed(0)
-    net = build_ssd('train', 128, 6, cfg=NO_BN)
+    net = build_ssd('train', S, 6, cfg=NO_BN)
     ddp = torch.nn.parallel.DistributedDataParallel(net)
     opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
     crit = MultiBoxLoss(6, variance=NO_BN['variance'])
