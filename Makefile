@@ -33,7 +33,8 @@ test: $(STAMP) $(VISDOM_STAMP)
 	$(PY) -m pytest -q tests
 
 # The shapes demo: train the small preset on the CPU, evaluate it (AP table
-# and eval.json), and draw its detections on a few validation images.
+# and eval.json), and draw its detections on a few validation images. It
+# evaluates the final weights (the lr has decayed by then; doc/training.md).
 DEMO ?= runs/demo
 demo: $(STAMP) $(VISDOM_STAMP)
 	$(PY) train.py --dataset shapes --save_folder $(DEMO) --eval_every 0 --channels_last
