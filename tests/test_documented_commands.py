@@ -49,11 +49,13 @@ def test_train_evaluates_by_default_and_keeps_the_best(trained):
 
 def test_eval_every_0_turns_it_off():
     from utils.engine.run_config import parse_run_config
+    from data.config import shapes
     c = parse_run_config(['--dataset', 'shapes'])
-    assert (c.eval_every, c.val_splits, c.max_iter, c.basenet) == (400, ('val',), 1400, 'none')
+    assert (c.eval_every, c.val_splits, c.max_iter, c.basenet) == \
+        (shapes['eval_every'], ('val',), shapes['max_iter'], 'none')
     c = parse_run_config(['--dataset', 'VOC'])
     assert (c.eval_every, c.val_splits, c.lr_steps, c.num_workers) == \
-        (10000, ('test',), (80000, 100000), 4)
+        (10000, ('test',), (80000, 100000), min(4, len(os.sched_getaffinity(0))))
     assert parse_run_config(['--dataset', 'shapes', '--eval_every', '0']).val_splits == ()
 
 
