@@ -152,3 +152,15 @@ def test_mining_ranks_correctly_when_logits_spread_by_more_than_100():
     theirs = ref.hard_negatives(conf, conf_t) & ~pos
     assert theirs[2, hot]
     assert not torch.equal(theirs, expected)
+
+
+def test_wrong_image_size_is_an_error_not_a_truncation():
+    """ssd.pytorch sliced the priors to the predictions; a network fed
+    images of another size then trained on misplaced priors in silence."""
+    import pytest
+    from layers import MultiBoxLoss
+    priors = torch.rand(10, 4) * 0.5 + 0.25
+    loss = MultiBoxLoss(3, 0.5, True, 0, True, 3, 0.5, False, False)
+    targets = [torch.tensor([[0.1, 0.1, 0.6, 0.6, 1.0]])]
+    with pytest.raises(ValueError, match='predicted 8 boxes per image but has 10 priors'):
+        loss((torch.zeros(1, 8, 4), torch.zeros(1, 8, 3), priors), targets)

@@ -113,7 +113,11 @@ class MultiBoxLoss(nn.Module):
         loc_data, conf_data, priors = predictions
         loc_data, conf_data = loc_data.float(), conf_data.float()
         B, P, _ = loc_data.shape
-        priors = priors[:P].to(loc_data.device, torch.float32)
+        if P != priors.shape[0]:     # ssd.pytorch sliced silently: a wrong image size
+            raise ValueError(f'the network predicted {P} boxes per image but has '
+                             f'{priors.shape[0]} priors: feed it images of the size '
+                             'it was built for')
+        priors = priors.to(loc_data.device, torch.float32)
         with torch.no_grad():
             truths, labels, valid = pad_targets(targets, loc_data.device)
             truth_idx, conf_t = match_indices(self.threshold, truths, priors,
