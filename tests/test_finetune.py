@@ -166,12 +166,12 @@ def test_pretrained_from_torchvision_coco_conversion(tmp_path):
     """torchvision's COCO SSD300 converted by utils.convert_torchvision (a
     random one here) starts a 5-class SSD300: all but conf.* loaded."""
     from torchvision.models.detection import ssd300_vgg16
-    from utils.convert_torchvision import convert_file
+    from utils.convert_torchvision import convert_torchvision_file
     torch.manual_seed(0)
     tv = tmp_path / 'ssd300_vgg16_coco.pth'
     torch.save(ssd300_vgg16(weights=None, weights_backbone=None).state_dict(), tv)
     ours = tmp_path / 'ssd300_COCO_torchvision.pth'
-    ckpt = convert_file(str(tv), str(ours))
+    ckpt = convert_torchvision_file(str(tv), str(ours))
     c = parse_run_config(['--dataset', 'shapes', '--pretrained', str(ours)])
     assert c.channel_order == 'RGB'                  # recorded in the file
     net = build_ssd('train', 300, 6)

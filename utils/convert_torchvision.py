@@ -119,7 +119,7 @@ def fold_input(weight, mean=TV_MEAN, std=TV_STD, ours=MEANS):
     return (weight.double() / scale.view(1, 3, 1, 1)).float()
 
 
-def convert_state_dict(tv_sd, categories=None, fold=True, path='<state dict>'):
+def torchvision_to_ssd(tv_sd, categories=None, fold=True, path='<state dict>'):
     """Map torchvision's ``ssd300_vgg16`` state dict to ours.
 
     Args:
@@ -159,13 +159,13 @@ def convert_state_dict(tv_sd, categories=None, fold=True, path='<state dict>'):
     return sd, names
 
 
-def convert_file(src, dst):
+def convert_torchvision_file(src, dst):
     """Read torchvision's file ``src`` (weights_only), write our checkpoint
     ``dst`` atomically. Returns the checkpoint dict."""
     if not os.path.isfile(src):
         raise CheckpointError(f'{src}: no such file; download it from {SOURCE_URL} '
                               '(this tool never downloads)')
-    sd, names = convert_state_dict(extract_state_dict(load_file(src), src), path=src)
+    sd, names = torchvision_to_ssd(extract_state_dict(load_file(src), src), path=src)
     ckpt = {'model': sd, 'channel_order': 'RGB',
             'args': {'dataset': 'COCO' if names is not None and len(names) == 80 else 'custom',
                      'size': 300},
@@ -184,7 +184,7 @@ def main(argv=None):
                    help='output checkpoint (default: weights/ssd300_COCO_torchvision.pth)')
     args = p.parse_args(argv)
     try:
-        ckpt = convert_file(args.src, args.out)
+        ckpt = convert_torchvision_file(args.src, args.out)
     except (CheckpointError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ from utils.bench import timeit
 from utils.bench.core import synthetic_images, trained_like_ssd
 
 
-def bench(repeats, threads, batches=(1, 8)):
+def bench_onnx(repeats, threads, batches=(1, 8)):
     import onnxruntime as ort
     from utils.export import export, same_detections
     from utils.inference import Predictor
@@ -72,7 +72,7 @@ def main(argv=None):
     print(f'torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads '
           f'each, {args.repeats} interleaved repeats after warm-up, medians; '
           f'{os.cpu_count()} CPUs, load average {load} at start')
-    bench(args.repeats, args.threads)
+    bench_onnx(args.repeats, args.threads)
 
 
 if __name__ == '__main__':

@@ -32,7 +32,7 @@ from data.config import MEANS, coco
 from layers import PriorBox
 from layers.box_utils import point_form
 from utils.bench.core import FixedAnchors, synthetic_images
-from utils.convert_torchvision import coco_categories, convert_state_dict, kept_classes
+from utils.convert_torchvision import coco_categories, torchvision_to_ssd, kept_classes
 
 
 def random_tv(seed=0, background=5.5, unused=-10.0, head_scale=0.1):
@@ -108,7 +108,7 @@ def compare_detections(tv, images):
     """Print the detection differences, one torchvision setting at a time."""
     from ssd import build_ssd
     idx, _ = kept_classes(coco_categories())
-    sd, _ = convert_state_dict(tv.state_dict())
+    sd, _ = torchvision_to_ssd(tv.state_dict())
     net = build_ssd('test', 300, 81, cfg=coco).eval()
     net.load_state_dict(sd)
     imgs = [cv2.resize(im, (300, 300)) for im in images]

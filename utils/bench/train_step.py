@@ -184,7 +184,7 @@ def check(nets, images, targets):
     return ok
 
 
-def bench(batch=4, repeats=3, device='cpu'):
+def bench_train_step(batch=4, repeats=3, device='cpu'):
     """Time the four steps; print and return ``{name: (median, min)}``."""
     from ssd import memory_format
     device = torch.device(device)
@@ -231,7 +231,7 @@ def main(argv=None):
     print(f'torch {torch.__version__}, torch.set_num_threads({args.threads}), '
           f'{args.repeats} interleaved repeats after warm-up, medians; '
           f'{os.cpu_count()} CPUs, load average {_load()} at start')
-    bench(args.batch, args.repeats, args.device)
+    bench_train_step(args.batch, args.repeats, args.device)
     print(f'load average {_load()} at the end')
     return 0
 
