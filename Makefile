@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 VISDOM_STAMP := $(VENV)/.visdom-static
 
-.PHONY: venv visdom test demo bench clean
+.PHONY: venv visdom test demo bench bench-gpu clean
 
 venv: $(STAMP)
 
@@ -49,8 +49,15 @@ demo: $(STAMP) $(VISDOM_STAMP)
 # Speed benchmarks (ratios against torchvision and ssd.pytorch's algorithms)
 bench: $(STAMP)
 	$(PY) -m utils.bench.core
+	$(PY) -m utils.bench.train_step
+	$(PY) -m utils.bench.onnx
 	$(PY) -m utils.bench.augment
 	$(PY) -m utils.bench.voc_eval
+
+# The prepared GPU run (training fp32/bf16/fp16/compile and inference FPS
+# against torchvision on one card); `--device cpu --quick` is its smoke mode.
+bench-gpu: $(STAMP)
+	$(PY) -m utils.bench.gpu
 
 clean:
 	rm -rf runs
