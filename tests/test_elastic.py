@@ -48,7 +48,9 @@ def wait_for(cond, procs, timeout=240):
     pytest.fail('timed out')
 
 
-def stop_all(procs):
+def stop_all(procs, folder=None):
+    """Kill the launchers and, by their --save_folder on the command line,
+    any worker left behind (torchrun starts workers in their own sessions)."""
     for p in procs:
         if p.poll() is None:
             try:
@@ -56,6 +58,19 @@ def stop_all(procs):
             except ProcessLookupError:
                 pass
         p.wait(timeout=60)
+    if folder is None:
+        return
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                args = f.read().split(b'\0')
+        except OSError:
+            continue
+        if str(folder).encode() in args:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_resume_auto_resolves_to_the_checkpoint_or_a_fresh_start(tmp_path):
@@ -84,7 +99,7 @@ def test_two_launchers_as_two_nodes(tmp_path):
             errs.append(err)
             assert p.returncode == 0, err[-3000:]
     finally:
-        stop_all(procs)
+        stop_all(procs, out)
     assert load_file(out / 'checkpoint.pth')['iteration'] == 3
     assert loss_rows(out) == [1, 2, 3]
     assert sum(e.count('on cpu x2; batch 4 (global)') for e in errs) == 1
@@ -113,7 +128,7 @@ def test_killed_worker_restarts_the_group_which_resumes(tmp_path):
         os.kill(holder['pid'], signal.SIGKILL)
         _, err = p.communicate(timeout=400)
     finally:
-        stop_all([p])
+        stop_all([p], out)
     assert p.returncode == 0, err[-4000:]
     ckpt = load_file(out / 'checkpoint.pth')
     assert ckpt['iteration'] == max_iter
