@@ -92,6 +92,24 @@ def test_lr_schedule_values():
     assert [lr_at(i, 1.0, (), warmup=4) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
 
 
+def test_cosine_lr_schedule_values():
+    # warm-up 2, then (1 + cos(pi * (it - 2) / 8)) / 2 down to 0 at iteration 10
+    lrs = [lr_at(i, 1.0, (5,), 0.1, 2, 'cosine', 10) for i in (0, 1, 2, 4, 6, 9, 10, 12)]
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.8535533905932737, 0.5, 0.03806023374435663,
+                                 0.0, 0.0], abs=1e-12)
+    with pytest.raises(ValueError, match='max_iter'):
+        lr_at(3, 1.0, (), schedule='cosine')
+    with pytest.raises(ValueError, match='step or cosine'):
+        lr_at(3, 1.0, (), schedule='poly')
+
+
+def test_lr_schedule_flag_resolution():
+    from utils.engine.run_config import parse_run_config
+    assert parse_run_config(['--dataset', 'VOC']).lr_schedule == 'step'      # the paper's
+    assert parse_run_config(['--dataset', 'VOC', '--lr_schedule', 'cosine']).lr_schedule == 'cosine'
+    assert parse_run_config(['--dataset', 'shapes']).lr_schedule == shapes.get('lr_schedule', 'step')
+
+
 def test_sampler_cycles_epochs_and_restarts_anywhere():
     full = IterationBatchSampler(10, 4, seed=3, start_iter=0, max_iter=7)
     batches = list(full)

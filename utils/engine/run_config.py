@@ -23,7 +23,7 @@ from utils.training.finetune import parse_freeze
 
 #: Flags whose defaults come from the dataset's schedule.
 SCHEDULE_FLAGS = ('batch_size', 'lr', 'momentum', 'weight_decay', 'gamma', 'warmup',
-                  'save_every', 'eval_every', 'max_iter', 'optimizer')
+                  'save_every', 'eval_every', 'max_iter', 'optimizer', 'lr_schedule')
 
 
 class RunConfig(argparse.Namespace):
@@ -113,6 +113,9 @@ def build_parser():
     a('--lr_steps', default=None, type=int_list,
       help='comma-separated iterations where lr *= gamma (default: the config\'s)')
     a('--warmup', default=None, type=int, help='linear lr warm-up iterations (default: 0, shapes 50)')
+    a('--lr_schedule', default=None, choices=['step', 'cosine'],
+      help='step: lr *= gamma at each of --lr_steps (the paper; default); cosine: after '
+           'the warm-up, a cosine decay from --lr to 0 at --max_iter (the shapes preset)')
     a('--optimizer', default=None, choices=['sgd', 'adamw'],
       help='sgd (the paper; default) or adamw (the shapes preset\'s short schedule)')
     a('--save_every', default=None, type=positive_int,

@@ -149,7 +149,8 @@ def setup(args, info):
     r.optimizer = make_optimizer(net, args.lr, args.momentum, args.weight_decay,
                                  args.optimizer, caffe_bias=args.caffe_bias)
     r.amp_dtype, r.scaler = make_amp(args, info.device)
-    r.schedule = dict(name='multistep', base_lr=args.lr, lr_steps=list(args.lr_steps),
+    r.schedule = dict(name='multistep' if args.lr_schedule == 'step' else args.lr_schedule,
+                      base_lr=args.lr, lr_steps=list(args.lr_steps),
                       gamma=args.gamma, warmup=args.warmup, max_iter=args.max_iter)
     r.policy = NonFinitePolicy(args.nan_policy, args.nan_max_skips)
     if ckpt is not None:
@@ -354,7 +355,8 @@ def _iterate(r, loader, log, stop):
                                     '(its message above); stopping too')
         if failed is not None:
             raise failed
-        lr = lr_at(it, args.lr, args.lr_steps, args.gamma, args.warmup)
+        lr = lr_at(it, args.lr, args.lr_steps, args.gamma, args.warmup,
+                   args.lr_schedule, args.max_iter)
         set_lr(r.optimizer, lr)
         images = images.to(info.device, non_blocking=True, memory_format=r.fmt)
         targets = [t.to(info.device, non_blocking=True) for t in targets]
@@ -414,8 +416,9 @@ def _describe(r, log):
     a = r.args
     log.write(f"SSD{r.cfg['min_dim']} on {a.dataset} ({len(r.train_ds)} images, "
               f"{r.cfg['num_classes'] - 1} classes) on {r.info.device} x{r.info.world_size}; "
-              f"batch {a.batch_size} (global), {a.optimizer} lr {a.lr:g}, steps {list(a.lr_steps)}, "
-              f"warm-up {a.warmup}, iterations {r.start_iter}..{a.max_iter}"
+              f"batch {a.batch_size} (global), {a.optimizer} lr {a.lr:g}, "
+              + (f"steps {list(a.lr_steps)}" if a.lr_schedule == 'step' else a.lr_schedule + ' decay')
+              + f", warm-up {a.warmup}, iterations {r.start_iter}..{a.max_iter}"
               + ('' if a.no_divide_by_n is False else '; loss NOT divided by N')
               + (f'; {a.accum_steps} micro-batches of {a.batch_size // r.info.world_size // a.accum_steps} '
                  'per step' if a.accum_steps > 1 else ''))

@@ -1,5 +1,7 @@
 """The optimisation schedule: the learning rate of each iteration, the
 optimiser and the initial weights."""
+import math
+
 import torch
 import torch.nn as nn
 
@@ -10,12 +12,24 @@ import torch.nn as nn
 # into learning rates.
 
 
-def lr_at(it, base_lr, lr_steps, gamma=0.1, warmup=0):
-    """Learning rate of iteration ``it`` (0-based): ``base_lr`` times
-    ``gamma`` per step in ``lr_steps`` already reached, ramped linearly from
-    ``base_lr / warmup`` to ``base_lr`` over the first ``warmup`` iterations.
-    A pure function of ``it``, so a resumed run needs no scheduler state."""
-    lr = base_lr * gamma ** sum(it >= s for s in lr_steps)
+def lr_at(it, base_lr, lr_steps, gamma=0.1, warmup=0, schedule='step', max_iter=None):
+    """Learning rate of iteration ``it`` (0-based), ramped linearly from
+    ``base_lr / warmup`` to its value over the first ``warmup`` iterations.
+    ``schedule='step'`` (the paper): ``base_lr`` times ``gamma`` per step in
+    ``lr_steps`` already reached. ``schedule='cosine'``: after the warm-up,
+    ``base_lr * (1 + cos(pi * t)) / 2`` with ``t = (it - warmup) / (max_iter -
+    warmup)``, from ``base_lr`` down to 0 at ``max_iter`` (``lr_steps`` and
+    ``gamma`` unused). A pure function of ``it``, so a resumed run needs no
+    scheduler state."""
+    if schedule == 'cosine':
+        if not max_iter:
+            raise ValueError('the cosine lr schedule needs max_iter')
+        t = min(max(it - warmup, 0) / max(max_iter - warmup, 1), 1.0)
+        lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    elif schedule == 'step':
+        lr = base_lr * gamma ** sum(it >= s for s in lr_steps)
+    else:
+        raise ValueError(f'--lr_schedule must be step or cosine, got {schedule!r}')
     if warmup and it < warmup:
         lr *= (it + 1) / warmup
     return lr
