@@ -68,7 +68,14 @@ def init_distributed(cuda=None):
     backend = 'nccl' if device.type == 'cuda' else 'gloo'
     if not dist.is_initialized():
         kw = {'device_id': device} if device.type == 'cuda' else {}
-        dist.init_process_group(backend=backend, init_method='env://', **kw)
+        # torchrun's store outlives a restart of the worker group: without a
+        # prefix per restart, a restarted rank can read the address a dead
+        # rank of the previous group published and fail to connect to it
+        store, rank, world_size = next(dist.rendezvous('env://'))
+        restart = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
+        store = dist.PrefixStore(f'ssd/restart{restart}', store)
+        dist.init_process_group(backend=backend, store=store, rank=rank,
+                                world_size=world_size, **kw)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
