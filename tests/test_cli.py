@@ -1,8 +1,6 @@
 """utils.engine.cli: the helpers the four scripts share, checked through the
 scripts themselves (train.py, eval.py, test.py, python -m demo.live)."""
 import argparse
-import importlib.util
-import os
 
 import pytest
 import torch
@@ -12,14 +10,10 @@ from data.config import eval_splits
 from utils.engine import cli, evaluator
 from utils.engine.run_config import build_parser, resolve_run_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _scripts import load_script
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f'{name}_cli', os.path.join(ROOT, f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+
 
 
 SCRIPTS = {name: load_script(name) for name in ('train', 'eval', 'test')}

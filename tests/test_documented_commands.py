@@ -3,7 +3,6 @@ types it from the README (a default is part of the feature). Evaluation
 during training once hid behind tests that all passed --eval_every."""
 import contextlib
 import csv
-import importlib.util
 import io
 import os
 import subprocess
@@ -15,14 +14,11 @@ import pytest
 import demo.live as live
 from data import ShapesDetection
 
+from _scripts import load_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f'{name}_doc', os.path.join(ROOT, f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope='module')

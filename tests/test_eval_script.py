@@ -2,7 +2,6 @@
 devkit files read back, VOC detection files vs the devkit port, COCO JSON vs
 pycocotools, one-line errors."""
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -21,14 +20,10 @@ from utils.bench.voc_eval import port_voc_eval
 from utils.checkpoint import atomic_save
 from utils.evaluation.coco import STAT_NAMES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _scripts import load_script
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f'{name}_script', os.path.join(ROOT, f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+
 
 
 EVAL = load_script('eval')
