@@ -107,9 +107,10 @@ class SSD(nn.Module):
 
 
 def _conv4_3_end(layers):
-    """Index just after conv4_3's ReLU: the position of the 4th max-pool."""
-    pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
-    return pools[3]
+    """Index just after conv4_3's ReLU: the position of the base's last
+    stride-2 max-pool (VGG16's 4th; pool5 has stride 1)."""
+    return [i for i, m in enumerate(layers)
+            if isinstance(m, nn.MaxPool2d) and m.stride == 2][-1]
 
 
 def _source_channels(layers):
@@ -118,21 +119,31 @@ def _source_channels(layers):
 
 def vgg(cfg, i, batch_norm=False, fc=1024):
     """VGG16 reduced-fc: the conv layers of ``cfg``, then pool5 (3x3, stride 1),
-    fc6 (3x3 atrous, dilation 6) and fc7 (1x1), each ``fc`` channels."""
+    fc6 (3x3 atrous, dilation 6) and fc7 (1x1), each ``fc`` channels.
+
+    ``cfg``: a number is a 3x3 conv of that width (with BatchNorm when
+    ``batch_norm``), then ReLU; 'M' a 2x2 max-pool, 'C' the same with
+    ceil_mode; 'N' makes the next conv one without BatchNorm (the shapes
+    preset's first conv: on the CPU, BatchNorm over its 8 full-resolution
+    channels cost as much as the rest of the first stage)."""
     layers = []
     in_channels = i
+    norm = batch_norm
     for v in cfg:
         if v == 'M':
             layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
         elif v == 'C':
             layers += [nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)]
+        elif v == 'N':
+            norm = False
         else:
             conv2d = nn.Conv2d(in_channels, v, kernel_size=3, padding=1)
-            if batch_norm:
+            if norm:
                 layers += [conv2d, nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
             else:
                 layers += [conv2d, nn.ReLU(inplace=True)]
             in_channels = v
+            norm = batch_norm
     pool5 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
     conv6 = nn.Conv2d(in_channels, fc, kernel_size=3, padding=6, dilation=6)  # FC6 with atrous
     conv7 = nn.Conv2d(fc, fc, kernel_size=1)                                   # FC7

@@ -11,7 +11,7 @@ from layers import PriorBox
 
 
 @pytest.mark.parametrize('cfg,count', [(voc, 8732), (coco, 8732), (voc512, 24564),
-                                       (coco512, 24564), (shapes, 2402)])
+                                       (coco512, 24564), (shapes, 9536)])
 def test_counts(cfg, count):
     p = PriorBox(cfg).forward()
     assert p.shape == (count, 4) and p.dtype == torch.float32

@@ -39,6 +39,30 @@ def test_paper_layers(net300):
     assert float(net300.L2Norm.weight[0].detach()) == 20
 
 
+def test_base_token_n_drops_batchnorm_of_the_next_conv_only():
+    from ssd import vgg
+    layers = vgg(['N', 8, 'M', 16, 'M', 32, 'C', 32, 'M', 32], 3, batch_norm=True, fc=16)
+    kinds = [type(m).__name__ for m in layers[:8]]
+    assert kinds == ['Conv2d', 'ReLU', 'MaxPool2d', 'Conv2d', 'BatchNorm2d', 'ReLU',
+                     'MaxPool2d', 'Conv2d']
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in layers) == 4     # all convs but the first
+    # without batch_norm 'N' changes nothing
+    assert [type(m) for m in vgg(['N', 8, 'M', 16], 3, fc=16)] == \
+        [type(m) for m in vgg([8, 'M', 16], 3, fc=16)]
+
+
+def test_conv4_3_ends_at_the_last_stride_2_pool():
+    # the shapes preset has one pool fewer: conv4_3 is its stride-4 source
+    net = build_ssd('train', cfg=shapes, num_classes=6)
+    pool = net.vgg[net.conv4_3_end]
+    assert isinstance(pool, nn.MaxPool2d) and pool.stride == 2
+    assert not any(isinstance(m, nn.MaxPool2d) and m.stride == 2
+                   for m in net.vgg[net.conv4_3_end + 1:])
+    convs = [m for m in net.vgg[:net.conv4_3_end] if isinstance(m, nn.Conv2d)]
+    assert net.L2Norm.weight.numel() == convs[-1].out_channels == 32
+    assert _source_sizes(net, shapes['min_dim'])[0] == shapes['min_dim'] // 4
+
+
 def test_ssd512_has_conv12_2_4x4():
     net = build_ssd('train', 512, 21)
     assert net.extras[-3].stride == (2, 2)            # conv11_2
@@ -155,4 +179,19 @@ def test_nhwc_and_nchw_same_state_dict_and_outputs():
         nchw.phase = nhwc.phase = 'test'
         d1, d2 = nchw(x), nhwc(x)
     assert torch.equal(d1[..., 0] > 0, d2[..., 0] > 0)
-    torch.testing.assert_close(d1, d2, rtol=1e-4, atol=1e-4)
+    # the same detections per image and class; two whose scores differ by
+    # float rounding may swap places, so compare them in a canonical order
+    torch.testing.assert_close(_canonical(d1), _canonical(d2), rtol=1e-4, atol=1e-4)
+
+
+def _canonical(dets):
+    """Rows of ``[B, C, K, 5]`` detections sorted (per image and class) by
+    their values rounded to 1e-3: score, then x1, y1, x2, y2."""
+    import numpy as np
+    a = dets.numpy()
+    out = np.empty_like(a)
+    for i in range(a.shape[0]):
+        for c in range(a.shape[1]):
+            r = np.round(a[i, c], 3)
+            out[i, c] = a[i, c][np.lexsort(r.T[::-1])]
+    return torch.from_numpy(out)
