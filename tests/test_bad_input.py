@@ -2,7 +2,6 @@
 policy for images, and the COCO metric for a COCO results file. Each bad
 input is one line naming the file (and line or entry) in the loaders, in
 ``python -m data.check`` and in the evaluator, with a non-zero exit."""
-import importlib.util
 import json
 import os
 import re
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from data import DatasetError, get_dataset
+from _scripts import load_script
 from data.check import check_dataset, main as check_main
 from data.shapes import SHAPES_CLASSES
 from data.shapes_io import write_dataset
@@ -27,15 +27,7 @@ if not os.path.exists(PYTHON):
     PYTHON = sys.executable
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f'{name}_bad_input',
-                                                  os.path.join(ROOT, f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-EVAL = _script('eval')
+EVAL = load_script('eval')
 
 
 def run_eval(argv, capsys):
@@ -403,7 +395,7 @@ def test_test_script_skips_a_corrupt_jpeg_naming_it(tmp_path, capfd):
     bad = tmp_path / 'in' / '1.jpg'
     _corrupt_jpeg(bad)
     out = tmp_path / 'out'
-    rc = _script('test').main(['--trained_model', str(weights), '--dataset', 'shapes',
+    rc = load_script('test').main(['--trained_model', str(weights), '--dataset', 'shapes',
                                '--input', str(tmp_path / 'in'), '--save_folder', str(out),
                                '--cuda', 'false'])
     err = capfd.readouterr().err

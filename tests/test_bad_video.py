@@ -1,7 +1,6 @@
 """Empty and unreadable videos (issue 10 item 7): one warning line per file
 in test.py and demo.live, and no file claimed that was not written;
 ``python demo/live.py`` runs from the repository root (item 9)."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,14 +11,13 @@ import pytest
 import torch
 
 import demo.live as live
+from _scripts import load_script
 from data.config import shapes
 from ssd import build_ssd
 from utils.checkpoint import atomic_save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location('test_script_video', os.path.join(ROOT, 'test.py'))
-TEST = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(TEST)
+TEST = load_script('test')
 
 
 @pytest.fixture(scope='module')

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from data.config import shapes as shapes_cfg
+from _scripts import load_script
 from data.shapes import SHAPES_CLASSES, generate
 from ssd import build_ssd
 from utils import export as ex
@@ -123,16 +124,6 @@ def test_bad_weight_file_is_one_line(tmp_path, capsys):
     assert not (tmp_path / 'x.onnx').exists()
 
 
-def _load_test_script():
-    import importlib.util
-    import os
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location('test_script_onnx', os.path.join(root, 'test.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _matched(a, b):
     """Every detection of entry ``a`` has one in ``b``: same class, score to
     the 4 decimals written (+1e-4), box to the 2 decimals written (+0.01)."""
@@ -161,7 +152,7 @@ def test_test_py_onnx_on_images_and_a_video_equals_pytorch(files, tmp_path):
     for i in range(4):
         video.write(cv2.resize(images[3 + i], (160, 120)))
     video.release()
-    test = _load_test_script()
+    test = load_script('test')
     runs = {}
     for name, model in (('torch', ['--trained_model', str(onnx_file.with_suffix('.pth'))]),
                         ('onnx', ['--onnx', str(onnx_file)])):
@@ -181,7 +172,7 @@ def test_test_py_onnx_on_images_and_a_video_equals_pytorch(files, tmp_path):
 
 
 def test_test_py_onnx_missing_file_is_one_line(tmp_path, capsys):
-    test = _load_test_script()
+    test = load_script('test')
     assert test.main(['--onnx', str(tmp_path / 'none.onnx'), '--input', str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'none.onnx' in err[0]

@@ -1,8 +1,6 @@
 """A progress bar (tqdm on stderr: count, rate and ETA) on the long jobs:
 python -m data.check, test.py --input, python -m demo.live --no_display,
 train.py and its validation; train.py --quiet turns them off."""
-import importlib.util
-import os
 import re
 
 import cv2
@@ -10,6 +8,7 @@ import pytest
 import torch
 
 import demo.live as live
+from _scripts import load_script
 import train
 from data.check import main as check_main
 from data.config import shapes as shapes_cfg
@@ -18,10 +17,7 @@ from data.shapes_io import write_dataset
 from ssd import build_ssd
 from utils.checkpoint import atomic_save
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location('test_script', os.path.join(ROOT, 'test.py'))
-TEST = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(TEST)
+TEST = load_script('test')
 
 # tqdm's bar: "n/total [elapsed<ETA, rate unit/s]" (or "s/unit" when slower than 1/s)
 BAR = re.compile(r'(\d+)/(\d+) \[\d+:\d+<\d+:\d+, +\d+(?:\.\d+)?(?:\w+/s|s/\w+)')

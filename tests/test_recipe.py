@@ -14,6 +14,7 @@ import csv
 import pytest
 
 import train
+from _scripts import load_script
 import utils.engine.trainer as trainer
 from utils.bench import recipe
 from utils.checkpoint import load_model_state
@@ -109,18 +110,13 @@ def test_eval_keep_top_k_caps_detections_per_image(tmp_path):
     """eval.py --keep_top_k N (Caffe's per-image cap; default off, as in
     ssd.pytorch)."""
     import contextlib
-    import importlib.util
     import io
     import json
-    import os
     import torch
     from data.config import shapes
     from ssd import build_ssd
     from utils.checkpoint import atomic_save
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location('eval_script', os.path.join(root, 'eval.py'))
-    ev = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ev)
+    ev = load_script('eval')
     torch.manual_seed(0)
     net = build_ssd('train', cfg=shapes, num_classes=6)
     ckpt = tmp_path / 'checkpoint.pth'

@@ -1,7 +1,6 @@
 """test.py: drawn pictures, a drawn video and detections.json on generated
 inputs; ssd.pytorch's test1.txt format; one-line errors."""
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -12,15 +11,13 @@ import pytest
 import torch
 
 from data import SHAPES_CLASSES, ShapesDetection
+from _scripts import load_script
 from data.config import shapes as shapes_cfg
 from ssd import build_ssd
 from utils.checkpoint import atomic_save
 from utils.engine.tester import write_test1
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location('test_script', os.path.join(ROOT, 'test.py'))
-TEST = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(TEST)
+TEST = load_script('test')
 
 
 @pytest.fixture(scope='module')
