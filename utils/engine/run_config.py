@@ -90,7 +90,7 @@ def build_parser():
       help='ImageNet VGG16 reduced-fc weights for net.vgg (in weights/); none: from scratch '
            '(default: vgg16_reducedfc.pth; none for the shapes preset; --pretrained replaces it)')
     a('--batch_size', default=None, type=positive_int,
-      help='GLOBAL batch size (split over torchrun processes); the default follows the dataset schedule: 32, or 16 for shapes')
+      help='GLOBAL batch size (split over torchrun processes); the default follows the dataset schedule: 32, or {} for shapes'.format(SHAPES_CFG['batch_size']))
     a('--resume', default=None, type=str,
       help='checkpoint.pth (continues exactly) or weights-only .pth (with --start_iter); '
            'auto: --save_folder/checkpoint.pth when it exists, else a fresh start')
@@ -100,9 +100,9 @@ def build_parser():
       help='DataLoader workers per process (default: 4, at most the CPUs available; '
            '0 for shapes, generated in memory)')
     add_cuda_flag(p)
-    a('--lr', '--learning-rate', default=None, type=float, help='initial learning rate (default: the schedule\'s: 1e-3, shapes 5e-3)')
+    a('--lr', '--learning-rate', default=None, type=float, help=f"initial learning rate (default: the schedule's: 1e-3, shapes {SHAPES_CFG['lr']:g})")
     a('--momentum', default=None, type=float, help='SGD momentum (default: the schedule\'s: 0.9)')
-    a('--weight_decay', default=None, type=float, help='weight decay (default: the schedule\'s: 5e-4, shapes 1e-4)')
+    a('--weight_decay', default=None, type=float, help=f"weight decay (default: the schedule's: 5e-4, shapes {SHAPES_CFG['weight_decay']:g})")
     a('--gamma', default=None, type=float, help='lr factor at each step (default: the schedule\'s: 0.1)')
     a('--visdom', default=False, type=str2bool, help='plot losses on a visdom server')
     a('--save_folder', default='weights/', help='where weights, logs and checkpoint.pth go')
@@ -112,17 +112,17 @@ def build_parser():
     a('--max_iter', default=None, type=positive_int, help='iterations (default: the config\'s)')
     a('--lr_steps', default=None, type=int_list,
       help='comma-separated iterations where lr *= gamma (default: the config\'s)')
-    a('--warmup', default=None, type=int, help='linear lr warm-up iterations (default: 0, shapes 50)')
+    a('--warmup', default=None, type=int, help=f"linear lr warm-up iterations (default: 0, shapes {SHAPES_CFG['warmup']})")
     a('--lr_schedule', default=None, choices=['step', 'cosine'],
       help='step: lr *= gamma at each of --lr_steps (the paper; default); cosine: after '
            'the warm-up, a cosine decay from --lr to 0 at --max_iter (the shapes preset)')
     a('--optimizer', default=None, choices=['sgd', 'adamw'],
       help='sgd (the paper; default) or adamw (the shapes preset\'s short schedule)')
     a('--save_every', default=None, type=positive_int,
-      help='iterations between snapshots and checkpoint.pth (default 5000)')
+      help=f"iterations between snapshots and checkpoint.pth (default 5000, shapes {SHAPES_CFG['save_every']})")
     a('--eval_every', default=None, type=non_negative_int,
       help='iterations between validation runs (--eval_metric), also run at the end; keeps '
-           '<name>_best.pth (default: the schedule\'s, 10000, or 400 for shapes; 0: never)')
+           f"<name>_best.pth (default: the schedule's, 10000, or {SHAPES_CFG['eval_every']} for shapes; 0: never)")
     a('--eval_metric', default=None, choices=['voc07', 'voc12', 'coco'],
       help='the validation metric logged and the best model kept by: VOC07 mAP, VOC2010+ '
            'mAP or COCO AP (default: coco for COCO, else voc07)')
