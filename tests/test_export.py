@@ -80,7 +80,9 @@ def test_top_k_above_the_prior_count_pads_with_zero_rows():
     x = torch.randn(1, 3, net.size, net.size) * 50
     with torch.no_grad():
         ours = ex.ExportableSSD(net)(x)
-        assert ours.shape == (1, 6, P + 7, 5) and torch.equal(ours, net(x))
+        assert ours.shape == (1, 6, P + 7, 5)
+        ok, msg = ex.same_detections(ours, net(x), tol=0)    # rows of equal scores: any order
+        assert ok, msg
     assert not ours[:, :, P:].any()
 
 

@@ -84,7 +84,9 @@ class ExportDetect(nn.Module):
     """:class:`layers.Detect` with fixed shapes (see the module docstring).
 
     ``forward(loc [B, P, 4], conf [B, P, C] logits, priors [P, 4])`` ->
-    ``[B, C, top_k, 5]``, the same as ``Detect(loc, softmax(conf), priors)``.
+    ``[B, C, top_k, 5]``, the same as ``Detect(loc, softmax(conf), priors)``
+    (two rows of exactly equal score may come in the other order: torch's
+    ``topk`` does not order ties, Detect puts the lower prior first).
     """
 
     def __init__(self, num_classes, top_k=200, conf_thresh=0.01, nms_thresh=0.45,
