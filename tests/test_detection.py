@@ -105,3 +105,56 @@ def test_threads_give_the_same_detections(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, many)
+
+
+def _dense_maps(B=2, P=600, C=5, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    return {'random': torch.softmax(torch.randn(B, P, C, generator=g) * 2, -1),
+            'quantised (many ties)': torch.softmax(torch.randn(B, P, C, generator=g).round(), -1),
+            'all equal': torch.full((B, P, C), 1 / C)}
+
+
+def test_dense_maps_equal_the_full_sort(monkeypatch):
+    """Dense maps (many more candidates than the groups keep) first drop the
+    candidates that cannot be among their (image, class)'s top_k: by a
+    histogram of the gathered candidates, or, very dense, by each group's
+    top_k-th score before gathering. With ties (quantised or all-equal
+    scores; all-equal ones made the histogram divide by zero before) both
+    give the detections of sorting every candidate: the lower prior first."""
+    from layers.functions import detection
+    B, P, C = 2, 600, 5
+    priors = _grid_priors(P, side=0.09)                  # neighbours overlap: NMS matters
+    loc = torch.randn(B, P, 4, generator=torch.Generator().manual_seed(8)) * 0.3
+    inf = float('inf')
+    paths = {'full sort': (inf, inf), 'histogram': (0, inf), 'top-k floor': (inf, 0),
+             'default': (detection.HISTOGRAM, detection.TOPK_FLOOR)}
+    for name, conf in _dense_maps(B, P, C).items():
+        for k in (10, 60):
+            assert int((conf[..., 1:] > 0.01).sum()) > detection.HISTOGRAM * B * (C - 1) * k
+            det = Detect(C, 0, k, 0.01, 0.45)
+            out = {}
+            for path, (hist, floor) in paths.items():
+                with monkeypatch.context() as m:
+                    m.setattr(detection, 'HISTOGRAM', hist)
+                    m.setattr(detection, 'TOPK_FLOOR', floor)
+                    out[path] = det(loc, conf, priors)
+            assert int((out['full sort'][..., 0] > 0).sum()) > 0
+            for path in paths:
+                assert torch.equal(out[path], out['full sort']), (name, k, path)
+    conf = _dense_maps(B, P, C)['random']
+    torch.testing.assert_close(Detect(C, 0, 10, 0.01, 0.45)(loc, conf, priors),
+                               _reference(loc, conf, priors, C, 10, 0.01, 0.45))
+
+
+def test_nan_scores_are_never_candidates():
+    B, P, C = 2, 600, 5
+    priors = _grid_priors(P, side=0.09)
+    loc = torch.zeros(B, P, 4)
+    conf = _dense_maps(B, P, C)['random']
+    bad = conf.clone()
+    bad[0, :100, 2] = float('nan')                       # dense map: the top-k path
+    bad[1, 5, 1] = float('nan')
+    clean = bad.nan_to_num(0.0)
+    for k in (10, 200):
+        det = Detect(C, 0, k, 0.01, 0.45)
+        assert torch.equal(det(loc, bad, priors), det(loc, clean, priors))

@@ -27,9 +27,11 @@ class Detect(nn.Module):
     rows after the last detection; class 0 (background) is all zeros.
 
     How it is fast: one threshold mask and one ``nonzero`` over ``[B, P, C]``
-    give the candidates of all images and classes; on dense score maps a
-    histogram of the scores (linear, no sort) first drops those that cannot
-    be among their (image, class)'s top_k; one stable sort of int64 keys
+    give the candidates of all images and classes; on dense score maps those
+    that cannot be among their (image, class)'s top_k are dropped first (a
+    histogram of the candidates' scores, linear; on very dense maps one
+    ``topk`` along the priors, before the candidates are gathered at all);
+    one stable sort of int64 keys
     orders every group by decreasing score (ties: lower prior first); only
     the top_k of each are decoded; NMS runs per group (torchvision's CPU
     ``nms`` compares every kept box with every later one, so one call over
@@ -72,15 +74,28 @@ class Detect(nn.Module):
         """The scores > conf_thresh of ``conf [B, P, C]`` but the background's:
         ``img``, ``prior``, ``group`` (image * C + class; long), ``scores``,
         in the order (image, prior, class), and the count per group
-        ``[B * C]``. When the candidates outnumber the top_k of their groups
-        ``HISTOGRAM`` times, those that cannot be among their group's top_k
-        are dropped first (see :func:`_may_be_top_k`), so that dense score
-        maps are not sorted whole."""
+        ``[B * C]``. Dense maps are not sorted whole: when the candidates
+        outnumber what the groups can keep (top_k each) ``TOPK_FLOOR`` times,
+        one ``topk`` over the priors finds each group's top_k-th score and
+        only the candidates at or above it are gathered (of the ties with it,
+        those of the lowest priors, as the full sort would choose); when they
+        outnumber the keepable ``HISTOGRAM`` times, :func:`_may_be_top_k`
+        drops the gathered ones that cannot be among the top_k."""
         B, P, C = conf.shape
         G = B * C
         mask = conf > self.conf_thresh
         if 0 <= self.background_label < C:
             mask[..., self.background_label] = False
+        keepable = B * (C - (0 <= self.background_label < C)) * self.top_k
+        if self.top_k < P and int(mask.sum()) > TOPK_FLOOR * keepable:
+            cand = conf.masked_fill(~mask, float('-inf'))     # NaN and the rest out
+            kth = cand.topk(self.top_k, dim=1, sorted=False).values.amin(1, keepdim=True)
+            mask &= cand >= kth
+            if int(mask.sum()) > keepable:            # ties with the top_k-th score:
+                above = cand > kth                    # keep those of the lowest priors
+                room = self.top_k - above.sum(1, keepdim=True)
+                tie = mask & ~above
+                mask = above | (tie & (tie.cumsum(1) <= room))
         flat = mask.view(-1).nonzero().squeeze(1)
         scores = conf.view(-1)[flat]
         cls = flat % C
@@ -88,7 +103,6 @@ class Detect(nn.Module):
         img = img_prior // P
         group = img * C + cls
         counts = torch.bincount(group, minlength=G)
-        # the histogram pays when it drops most candidates (else sort them all)
         if self.top_k < P and flat.numel() > HISTOGRAM * int(counts.clamp(max=self.top_k).sum()):
             keep = _may_be_top_k(scores, group, G, self.top_k).nonzero().squeeze(1)
             img_prior, img, group, scores = (img_prior[keep], img[keep],
@@ -122,13 +136,14 @@ class Detect(nn.Module):
 def _may_be_top_k(scores, group, num_groups, k, bins=1024):
     """Bool mask over the candidates: False only for those certain not to be
     among the ``k`` best of their group. The scores are binned by a monotone
-    map (``bins`` equal steps from the lowest to the highest score); per
-    group, the highest bin at or above which lie ``k`` candidates is the
-    floor. Bins below it hold only scores beaten by ``k`` others; ties share a
-    bin. Linear in the candidates: a histogram, no sort."""
+    map (``bins`` equal steps from the lowest to the highest score; all in
+    bin 0 when they are all equal); per group, the highest bin at or above
+    which lie ``k`` candidates is the floor. Bins below it hold only scores
+    beaten by ``k`` others; ties share a bin. Linear in the candidates: a
+    histogram, no sort."""
     lo, hi = scores.min(), scores.max()
-    scale = bins / (hi - lo).clamp(min=torch.finfo(scores.dtype).tiny)
-    b = ((scores - lo) * scale).clamp_(0, bins - 1).long()
+    span = (hi - lo).clamp(min=torch.finfo(scores.dtype).tiny)   # (scores - lo) <= span
+    b = ((scores - lo) / span * bins).clamp_(0, bins - 1).long()
     hist = torch.bincount(group * bins + b, minlength=num_groups * bins)
     at_least = hist.view(num_groups, bins).flip(1).cumsum(1).flip(1)
     floor = ((at_least >= k).sum(1) - 1).clamp_(min=0)
@@ -188,7 +203,8 @@ def _nms_slices(boxes, scores, sizes, iou_thresh):
 
 
 _ONE = torch.zeros(1, dtype=torch.long)
-HISTOGRAM = 3   # candidates per kept one above which the histogram bound runs
+HISTOGRAM = 3   # candidates per keepable one above which the histogram bound runs
+TOPK_FLOOR = 12  # ... above which the top_k-th score bound runs first (measured crossover)
 PARALLEL_WORK = 400_000     # sum of squared slice sizes worth a second thread
 
 
