@@ -87,11 +87,11 @@ class Detect(nn.Module):
         if 0 <= self.background_label < C:
             mask[..., self.background_label] = False
         keepable = B * (C - (0 <= self.background_label < C)) * self.top_k
-        if self.top_k < P and int(mask.sum()) > TOPK_FLOOR * keepable:
+        if self.top_k < P and int(torch.count_nonzero(mask)) > TOPK_FLOOR * keepable:
             cand = conf.masked_fill(~mask, float('-inf'))     # NaN and the rest out
             kth = cand.topk(self.top_k, dim=1, sorted=False).values.amin(1, keepdim=True)
             mask &= cand >= kth
-            if int(mask.sum()) > keepable:            # ties with the top_k-th score:
+            if int(torch.count_nonzero(mask)) > keepable:   # ties with the top_k-th score:
                 above = cand > kth                    # keep those of the lowest priors
                 room = self.top_k - above.sum(1, keepdim=True)
                 tie = mask & ~above
