@@ -197,8 +197,11 @@ for k in (1, 2):
 other = [torch.zeros_like(out[1]) for _ in range(2)]
 dist.all_gather(other, out[1])
 if rank == 0:
-    json.dump({'accum_vs_whole': float((out[0] - out[1]).abs().max()),
-               'ranks': float((other[0] - other[1]).abs().max())}, open(sys.argv[1], 'w'))
+    with open(sys.argv[1], 'w') as f:
+        json.dump({'accum_vs_whole': float((out[0] - out[1]).abs().max()),
+                   'ranks': float((other[0] - other[1]).abs().max())}, f)
+del ddp
+dist.barrier()                  # both ranks done before either tears gloo down
 dist.destroy_process_group()
 '''
 
