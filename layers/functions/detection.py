@@ -204,7 +204,7 @@ def _nms_slices(boxes, scores, sizes, iou_thresh):
 
 _ONE = torch.zeros(1, dtype=torch.long)
 HISTOGRAM = 3   # candidates per keepable one above which the histogram bound runs
-TOPK_FLOOR = 12  # ... above which the top_k-th score bound runs first (measured crossover)
+TOPK_FLOOR = 12  # ... above which the top_k-th score bound runs first (crossover: doc/benchmarks.md)
 PARALLEL_WORK = 400_000     # sum of squared slice sizes worth a second thread
 
 
