@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from data.config import config_for
 from layers import Detect, L2Norm, PriorBox
+from layers.functions import winograd
 
 
 class SSD(nn.Module):
@@ -48,12 +49,19 @@ class SSD(nn.Module):
     it returns ``(loc [N, P, 4], conf [N, P, C] logits, priors [P, 4])``; in
     'test' phase it returns ``[N, C, top_k, 5]`` detections, each row
     ``(score, x1, y1, x2, y2)`` in [0, 1].
+
+    ``winograd`` (default True): where no gradient is needed, on float32 CPU
+    tensors, the wide 3x3 convolutions run by Winograd's F(4x4, 3x3)
+    (:mod:`layers.functions.winograd`; same outputs up to float rounding,
+    about 1e-5 relative). Set ``net.winograd = False`` for oneDNN's direct
+    convolutions everywhere.
     """
 
     def __init__(self, phase, size, base, extras, head, num_classes, cfg=None,
-                 top_k=200, conf_thresh=0.01, nms_thresh=0.45):
+                 top_k=200, conf_thresh=0.01, nms_thresh=0.45, winograd=True):
         super().__init__()
         self.phase = phase
+        self.winograd = winograd
         self.num_classes = num_classes
         self.cfg = cfg if cfg is not None else config_for(num_classes, size)
         self.size = size
@@ -72,21 +80,26 @@ class SSD(nn.Module):
     def forward(self, x):
         if self.vgg[0].weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)   # net in NHWC
+        def run(m, x):
+            if self.winograd and winograd.eligible(m, x) and winograd.applies(m, x):
+                return winograd.conv(m, x)
+            return m(x)
+
         sources = []
         for k in range(self.conv4_3_end):             # up to conv4_3's ReLU
-            x = self.vgg[k](x)
+            x = run(self.vgg[k], x)
         sources.append(self.L2Norm(x))
         for k in range(self.conv4_3_end, len(self.vgg)):  # pool4 ... fc7
-            x = self.vgg[k](x)
+            x = run(self.vgg[k], x)
         sources.append(x)
         for k, v in enumerate(self.extras):
-            x = F.relu(v(x), inplace=True)
+            x = F.relu(run(v, x), inplace=True)
             if k % 2 == 1:
                 sources.append(x)
         n = x.shape[0]
-        loc = torch.cat([l(s).permute(0, 2, 3, 1).reshape(n, -1)
+        loc = torch.cat([run(l, s).permute(0, 2, 3, 1).reshape(n, -1)
                          for s, l in zip(sources, self.loc)], 1).view(n, -1, 4)
-        conf = torch.cat([c(s).permute(0, 2, 3, 1).reshape(n, -1)
+        conf = torch.cat([run(c, s).permute(0, 2, 3, 1).reshape(n, -1)
                           for s, c in zip(sources, self.conf)], 1)
         conf = conf.view(n, -1, self.num_classes)
         if self.phase == 'test':

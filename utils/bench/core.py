@@ -14,7 +14,8 @@ with ``torch.set_num_threads(2)`` unless ``--threads`` says otherwise:
     ``SSD.postprocess_detections`` vs ssd.pytorch's Detect (Python NMS).
 (c) inference end to end (read the JPEG, BaseTransform, test-phase network),
     SSD300 at batch 1 and 8: the default ``build_ssd('test', 300, 21)`` (what
-    the tools run), the same in NCHW (the default before NHWC), and
+    the tools run: NHWC, Winograd for the wide 3x3 convolutions), the same
+    with Winograd off, in NCHW with Winograd off (the first default), and
     torchvision's ``ssd300_vgg16`` carrying the same weights.
 
 On a shared machine, run with ``--threads 1`` as well: with more runnable
@@ -53,7 +54,7 @@ def report(title, med, ours='ours'):
     for n, (m, b) in med.items():
         ratio = '' if n == ours else (f'   ours is {m / m0:.2f}x faster '
                                       f'(minima: {b / b0:.2f}x)')
-        print(f'    {n:<28s} {m * 1e3:9.1f} ms (min {b * 1e3:8.1f}){ratio}')
+        print(f'    {n:<40s} {m * 1e3:9.1f} ms (min {b * 1e3:8.1f}){ratio}')
 
 
 def priors300():
@@ -343,13 +344,17 @@ def check_e2e(net, tv, images, transform):
 
 def bench_e2e(repeats, batches=(1, 8)):
     """(c): JPEG files in, detections out, through the default
-    ``build_ssd('test', 300, 21)``, the same weights in NCHW, and
+    ``build_ssd('test', 300, 21)``, the same weights with Winograd off (the
+    default before it), in NCHW with Winograd off (the first default), and
     torchvision's ``ssd300_vgg16``; returns ``{batch: medians}``."""
     import tempfile
     from data import BaseTransform
     from ssd import memory_format
     net = trained_like_ssd()
+    direct = trained_like_ssd()
+    direct.winograd = False
     nchw = trained_like_ssd(channels_last=False)
+    nchw.winograd = False
     tv = torchvision_with_our_weights(net)
     transform = BaseTransform(300, MEANS)
     images = synthetic_images(max(batches))
@@ -360,9 +365,11 @@ def bench_e2e(repeats, batches=(1, 8)):
         paths = jpeg_files(images, folder)
         for b in batches:
             files = paths[:b]
-            fo, fn, ft = ours_e2e(net, transform), ours_e2e(nchw, transform), tv_e2e(tv)
-            med = timeit({f'ours (default build_ssd: {fmt})': lambda: fo(files),
-                          'ours in NCHW (the old default)': lambda: fn(files),
+            fo, fd, fn = (ours_e2e(n, transform) for n in (net, direct, nchw))
+            ft = tv_e2e(tv)
+            med = timeit({f'ours (default build_ssd: {fmt}, Winograd)': lambda: fo(files),
+                          f'ours, {fmt}, Winograd off': lambda: fd(files),
+                          'ours, NCHW, Winograd off': lambda: fn(files),
                           'torchvision ssd300_vgg16': lambda: ft(files)},
                          repeats if b == 1 else max(3, repeats // 2))
             report(f'(c) inference end to end, SSD300, batch {b} (375x500 JPEG files '
