@@ -158,3 +158,22 @@ def test_nan_scores_are_never_candidates():
     for k in (10, 200):
         det = Detect(C, 0, k, 0.01, 0.45)
         assert torch.equal(det(loc, bad, priors), det(loc, clean, priors))
+
+
+def test_kth_largest_numpy_and_torch_agree_with_a_sort():
+    # the CPU path (NumPy's partition) and the one used elsewhere (topk)
+    from layers.functions.detection import _kth_largest
+    g = torch.Generator().manual_seed(0)
+    conf = torch.rand(3, 50, 4, generator=g)
+    conf[0, :10, 1] = float('nan')                   # NaN counts as -inf
+    conf[1, :, 2] = float('nan')                     # fewer than k real scores: -inf
+    conf[2, 3, 3] = float('inf')
+    conf[2, :, 0] = torch.round(conf[2, :, 0] * 4) / 4   # ties
+    for k in (1, 7, 45, 50):
+        real = conf.nan_to_num(nan=float('-inf'), posinf=float('inf'))
+        expected = real.sort(1, descending=True).values[:, k - 1:k]
+        assert expected[1, 0, 2] == float('-inf')
+        for numpy in (True, False):
+            got = _kth_largest(conf, k, numpy=numpy)
+            assert got.shape == (3, 1, 4)
+            assert torch.equal(got, expected), (k, numpy)
