@@ -62,11 +62,13 @@ class Detect(nn.Module):
         img, prior, group, s, counts = self._candidates(conf_data.float().contiguous())
         order = _sort_within_groups(group, s)
         starts = counts.cumsum(0) - counts
-        top = torch.arange(order.numel(), device=order.device) - starts[group[order]] < k
-        order = order[top.nonzero().squeeze(1)]
-        img, prior, group, s = img[order], prior[order], group[order], s[order]
-        boxes = decode(loc_data[img, prior].float(), prior_data[prior].float(),
-                       self.variance)
+        group = group.index_select(0, order)
+        top = torch.arange(order.numel(), device=order.device) - starts.index_select(0, group) < k
+        top = _flat_nonzero(top)
+        order, group = order.index_select(0, top), group.index_select(0, top)
+        img, prior, s = (t.index_select(0, order) for t in (img, prior, s))
+        boxes = decode(loc_data.reshape(B * P, 4).index_select(0, img * P + prior).float(),
+                       prior_data.index_select(0, prior).float(), self.variance)
         kept = _nms_per_group(boxes, s, group, counts.clamp(max=k), self.nms_thresh)
         if self.keep_top_k is not None:
             kept = self._cap_per_image(kept, s, img, B)
@@ -125,12 +127,13 @@ class Detect(nn.Module):
     def _scatter(self, kept, group, scores, boxes, B, C):
         """Write the kept detections into ``[B, C, top_k, 5]``. ``kept`` is
         ordered by group, then by decreasing score."""
-        out = torch.zeros(B * C, self.top_k, 5, device=scores.device)
-        g = group[kept]
+        out = torch.zeros(B * C * self.top_k, 5, device=scores.device)
+        g = group.index_select(0, kept)
         counts = torch.bincount(g, minlength=B * C)
         starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(g.numel(), device=g.device) - starts[g]
-        out[g, slot] = torch.cat([scores[kept, None], boxes[kept]], 1)
+        slot = torch.arange(g.numel(), device=g.device) - starts.index_select(0, g)
+        rows = torch.cat([scores.index_select(0, kept)[:, None], boxes.index_select(0, kept)], 1)
+        out.index_copy_(0, g * self.top_k + slot, rows)
         return out.view(B, C, self.top_k, 5)
 
 
@@ -237,9 +240,9 @@ def _nms_per_group(boxes, scores, group, counts, iou_thresh):
             keeps += f.result()
     else:
         keeps = _nms_slices(boxes, scores, sizes, iou_thresh)
-    offsets = torch.tensor(sizes).cumsum(0) - torch.tensor(sizes)
-    lengths = torch.tensor([k.shape[0] for k in keeps])
-    return torch.cat(keeps) + offsets.repeat_interleave(lengths)
+    offsets = np.cumsum(sizes) - sizes            # NumPy: no OpenMP region to wait on
+    lengths = [k.shape[0] for k in keeps]
+    return torch.cat(keeps) + torch.from_numpy(np.repeat(offsets, lengths))
 
 
 def _nms_slices(boxes, scores, sizes, iou_thresh):
