@@ -2,6 +2,7 @@
 outputs, runs only where no gradient is needed, and SSD300's detections stay
 the same."""
 import warnings
+import weakref
 from unittest import mock
 
 import pytest
@@ -177,3 +178,20 @@ def test_transformed_kernels_follow_the_weights():
         torch.testing.assert_close(winograd.conv(conv, x), conv(x), rtol=0, atol=1e-4)
         conv.weight = nn.Parameter(torch.randn(256, 128, 3, 3) * .03)   # replaced
         torch.testing.assert_close(winograd.conv(conv, x), conv(x), rtol=0, atol=1e-4)
+
+
+def test_the_cache_stays_outside_the_module():
+    import copy
+    import gc
+    import pickle
+    conv = nn.Conv2d(128, 256, 3, padding=1)
+    size = len(pickle.dumps(conv))
+    with torch.no_grad():
+        winograd.conv(conv, torch.randn(1, 128, 16, 16))
+    assert conv in winograd._CACHE
+    assert len(pickle.dumps(conv)) == size and list(conv.state_dict()) == ['weight', 'bias']
+    assert copy.deepcopy(conv) not in winograd._CACHE
+    alive = weakref.ref(conv)
+    del conv
+    gc.collect()
+    assert alive() is None                     # the cache does not keep the module

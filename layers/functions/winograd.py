@@ -19,6 +19,8 @@ gradients (inference, evaluation), on float32 CPU tensors, outside tracing,
 scripting, ``torch.compile`` and ONNX export, for the layers of
 :func:`eligible`; ``net.winograd = False`` turns it off.
 """
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -120,13 +122,18 @@ def conv3x3(x, u, bias=None, band_bytes=BAND_BYTES):
 
 def conv(m, x):
     """``m(x)`` for an :func:`eligible` ``nn.Conv2d`` by Winograd. The
-    transformed kernels are kept on the module and made again whenever its
-    weight tensor is replaced or changed in place (``load_state_dict``, an
-    optimizer step)."""
+    transformed kernels (4x the weight's size: 232 MB for SSD300's nine
+    layers) are kept per module, outside it (not in its state dict, pickle
+    or deep copy, freed with it), and made again whenever its weight tensor
+    is replaced or changed in place (``load_state_dict``, an optimizer
+    step)."""
     weight = m.weight
     key = (weight.data_ptr(), weight._version)
-    cached = m.__dict__.get('_winograd_cache')
+    cached = _CACHE.get(m)
     if cached is None or cached[0] is not weight or cached[1] != key:
         cached = (weight, key, transform_weight(weight))
-        m.__dict__['_winograd_cache'] = cached
+        _CACHE[m] = cached
     return conv3x3(x, cached[2], m.bias)
+
+
+_CACHE = weakref.WeakKeyDictionary()    # module -> (weight, its version key, kernels)
