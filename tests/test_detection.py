@@ -177,3 +177,24 @@ def test_kth_largest_numpy_and_torch_agree_with_a_sort():
             got = _kth_largest(conf, k, numpy=numpy)
             assert got.shape == (3, 1, 4)
             assert torch.equal(got, expected), (k, numpy)
+
+
+def test_halves_of_a_batch_on_two_threads_give_the_same_detections(monkeypatch):
+    from layers.functions import detection
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for B in (2, 5):
+            loc, conf, priors = _inputs(B=B, P=300, C=6, seed=B)
+            det = Detect(6, 0, 50, 0.01, 0.45, keep_top_k=30)
+            monkeypatch.setattr(detection, 'SPLIT_BATCH', 10 ** 9)     # never
+            whole = det(loc, conf, priors)
+            monkeypatch.setattr(detection, 'SPLIT_BATCH', 1)           # always
+            calls = []
+            real = det._detect
+            monkeypatch.setattr(det, '_detect', lambda *a: calls.append(a[1].shape[0]) or real(*a))
+            halves = det(loc, conf, priors)
+            assert sorted(calls) == sorted([B // 2, B - B // 2])
+            assert torch.equal(whole, halves)
+    finally:
+        torch.set_num_threads(threads)

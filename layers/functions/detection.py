@@ -39,7 +39,10 @@ class Detect(nn.Module):
     ``nms`` compares every kept box with every later one, so one call over
     all groups would cost far more), shared among threads when there is much
     of it, or, off the CPU, as one ``batched_nms``; the kept rows are written
-    into the output in one indexed write.
+    into the output in one indexed write. On the CPU with more than one torch
+    thread, a batch with more than ``SPLIT_BATCH`` candidates is done as two
+    halves at once, one on a second thread (each image's detections do not
+    depend on the others).
     """
 
     def __init__(self, num_classes, bkg_label=0, top_k=200, conf_thresh=0.01,
@@ -57,9 +60,32 @@ class Detect(nn.Module):
 
     @torch.no_grad()
     def forward(self, loc_data, conf_data, prior_data):
+        conf_data = conf_data.float().contiguous()
+        B = conf_data.shape[0]
+        threads = torch.get_num_threads()
+        if (conf_data.device.type == 'cpu' and threads > 1 and B > 1
+                and self._num_candidates(conf_data) >= SPLIT_BATCH):
+            # two halves of the batch at once, each on its own thread (same
+            # detections: every image is done on its own)
+            h = (B + 1) // 2
+            later = _pool().submit(self._detect, loc_data[h:], conf_data[h:], prior_data, 1)
+            first = self._detect(loc_data[:h], conf_data[:h], prior_data, 1)
+            return torch.cat([first, later.result()])
+        return self._detect(loc_data, conf_data, prior_data, threads)
+
+    def _num_candidates(self, conf):
+        """How many scores of ``conf [B, P, C]`` pass conf_thresh, the
+        background's not counted."""
+        n = _count(_compare(operator.gt, conf, self.conf_thresh))
+        if 0 <= self.background_label < conf.shape[2]:
+            n -= _count(_compare(operator.gt, conf[..., self.background_label].contiguous(),
+                                 self.conf_thresh))
+        return n
+
+    def _detect(self, loc_data, conf_data, prior_data, threads):
         B, P, C = conf_data.shape
         k = self.top_k
-        img, prior, group, s, counts = self._candidates(conf_data.float().contiguous())
+        img, prior, group, s, counts = self._candidates(conf_data)
         order = _sort_within_groups(group, s)
         starts = counts.cumsum(0) - counts
         group = group.index_select(0, order)
@@ -69,7 +95,7 @@ class Detect(nn.Module):
         img, prior, s = (t.index_select(0, order) for t in (img, prior, s))
         boxes = decode(loc_data.reshape(B * P, 4).index_select(0, img * P + prior).float(),
                        prior_data.index_select(0, prior).float(), self.variance)
-        kept = _nms_per_group(boxes, s, group, counts.clamp(max=k), self.nms_thresh)
+        kept = _nms_per_group(boxes, s, group, counts.clamp(max=k), self.nms_thresh, threads)
         if self.keep_top_k is not None:
             kept = self._cap_per_image(kept, s, img, B)
         return self._scatter(kept, group, s, boxes, B, C)
@@ -212,7 +238,7 @@ def _sort_within_groups(group, scores):
     return key.sort(stable=True).indices
 
 
-def _nms_per_group(boxes, scores, group, counts, iou_thresh):
+def _nms_per_group(boxes, scores, group, counts, iou_thresh, threads=1):
     """NMS within each group. ``boxes``/``scores``/``group`` are ordered by
     group, then by decreasing score; ``counts [G]`` is the size of each group.
     Returns indices of the kept boxes, by group then decreasing score.
@@ -228,7 +254,7 @@ def _nms_per_group(boxes, scores, group, counts, iou_thresh):
     sizes = counts[counts > 0].tolist()
     if not sizes:
         return group.new_zeros(0)
-    runs = _split_work(sizes, torch.get_num_threads())
+    runs = _split_work(sizes, threads)
     if len(runs) > 1:
         ends = [sum(sizes[:j]) for _, j in runs]
         starts = [0] + ends[:-1]
@@ -256,6 +282,7 @@ def _nms_slices(boxes, scores, sizes, iou_thresh):
 _ONE = torch.zeros(1, dtype=torch.long)
 HISTOGRAM = 3   # candidates per keepable one above which the histogram bound runs
 TOPK_FLOOR = 12  # ... above which the top_k-th score bound runs first (crossover: doc/benchmarks.md)
+SPLIT_BATCH = 8000   # candidates above which two threads take half a batch each (doc/benchmarks.md)
 PARALLEL_WORK = 2_000_000   # sum of squared slice sizes worth a second thread (doc/benchmarks.md)
 
 
