@@ -80,6 +80,7 @@ class SSD(nn.Module):
     def forward(self, x):
         if self.vgg[0].weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)   # net in NHWC
+
         def run(m, x):
             if self.winograd and winograd.eligible(m, x) and winograd.applies(m, x):
                 return winograd.conv(m, x)
@@ -228,7 +229,8 @@ def build_ssd(phase, size=300, num_classes=21, cfg=None, channels_last=None,
     """Build an SSD. ``size`` 300 or 512 picks the paper's model (COCO priors
     when num_classes is 81, VOC's otherwise); pass ``cfg`` (a dict of
     ``data/config.py``, e.g. ``data.config.shapes``) for another model.
-    ``detect_kwargs`` (top_k, conf_thresh, nms_thresh) go to :class:`Detect`.
+    ``detect_kwargs`` (top_k, conf_thresh, nms_thresh) go to :class:`Detect`;
+    ``winograd=False`` turns off the Winograd convolutions of :class:`SSD`.
     ``channels_last`` picks the memory format of the weights: None (the
     default) the fastest here (:func:`fast_memory_format`: NHWC with oneDNN on
     the CPU or with CUDA), True NHWC, False NCHW. Inputs are converted in

@@ -184,9 +184,9 @@ def test_halves_of_a_batch_on_two_threads_give_the_same_detections(monkeypatch):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        for B in (2, 5):
+        for B, top_k in ((2, 50), (5, 50), (3, 5)):         # top_k 5: the very dense path
             loc, conf, priors = _inputs(B=B, P=300, C=6, seed=B)
-            det = Detect(6, 0, 50, 0.01, 0.45, keep_top_k=30)
+            det = Detect(6, 0, top_k, 0.01, 0.45, keep_top_k=30)
             monkeypatch.setattr(detection, 'SPLIT_BATCH', 10 ** 9)     # never
             whole = det(loc, conf, priors)
             monkeypatch.setattr(detection, 'SPLIT_BATCH', 1)           # always
@@ -196,5 +196,7 @@ def test_halves_of_a_batch_on_two_threads_give_the_same_detections(monkeypatch):
             halves = det(loc, conf, priors)
             assert sorted(calls) == sorted([B // 2, B - B // 2])
             assert torch.equal(whole, halves)
+            with torch.inference_mode():              # as Predictor and evaluate run it
+                assert torch.equal(whole, det(loc, conf, priors))
     finally:
         torch.set_num_threads(threads)

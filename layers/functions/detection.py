@@ -61,31 +61,32 @@ class Detect(nn.Module):
     @torch.no_grad()
     def forward(self, loc_data, conf_data, prior_data):
         conf_data = conf_data.float().contiguous()
+        mask = self._above_threshold(conf_data)
         B = conf_data.shape[0]
         threads = torch.get_num_threads()
         if (conf_data.device.type == 'cpu' and threads > 1 and B > 1
-                and self._num_candidates(conf_data) >= SPLIT_BATCH):
+                and _count(mask) >= SPLIT_BATCH):
             # two halves of the batch at once, each on its own thread (same
             # detections: every image is done on its own)
             h = (B + 1) // 2
-            later = _pool().submit(self._detect, loc_data[h:], conf_data[h:], prior_data, 1)
-            first = self._detect(loc_data[:h], conf_data[:h], prior_data, 1)
+            later = _pool().submit(_in_modes_of_caller(self._detect), loc_data[h:],
+                                   conf_data[h:], mask[h:], prior_data, 1)
+            first = self._detect(loc_data[:h], conf_data[:h], mask[:h], prior_data, 1)
             return torch.cat([first, later.result()])
-        return self._detect(loc_data, conf_data, prior_data, threads)
+        return self._detect(loc_data, conf_data, mask, prior_data, threads)
 
-    def _num_candidates(self, conf):
-        """How many scores of ``conf [B, P, C]`` pass conf_thresh, the
-        background's not counted."""
-        n = _count(_compare(operator.gt, conf, self.conf_thresh))
+    def _above_threshold(self, conf):
+        """Bool ``[B, P, C]``: the scores of ``conf`` above conf_thresh, the
+        background's cleared (NaN is never above)."""
+        mask = _compare(operator.gt, conf, self.conf_thresh)
         if 0 <= self.background_label < conf.shape[2]:
-            n -= _count(_compare(operator.gt, conf[..., self.background_label].contiguous(),
-                                 self.conf_thresh))
-        return n
+            mask[..., self.background_label] = False
+        return mask
 
-    def _detect(self, loc_data, conf_data, prior_data, threads):
+    def _detect(self, loc_data, conf_data, mask, prior_data, threads):
         B, P, C = conf_data.shape
         k = self.top_k
-        img, prior, group, s, counts = self._candidates(conf_data)
+        img, prior, group, s, counts = self._candidates(conf_data, mask)
         order = _sort_within_groups(group, s)
         starts = counts.cumsum(0) - counts
         group = group.index_select(0, order)
@@ -100,22 +101,20 @@ class Detect(nn.Module):
             kept = self._cap_per_image(kept, s, img, B)
         return self._scatter(kept, group, s, boxes, B, C)
 
-    def _candidates(self, conf):
-        """The scores > conf_thresh of ``conf [B, P, C]`` but the background's:
-        ``img``, ``prior``, ``group`` (image * C + class; long), ``scores``,
-        in the order (image, prior, class), and the count per group
-        ``[B * C]``. Dense maps are not sorted whole: when the candidates
-        outnumber what the groups can keep (top_k each) ``TOPK_FLOOR`` times,
-        one ``topk`` over the priors finds each group's top_k-th score and
-        only the candidates at or above it are gathered (of the ties with it,
-        those of the lowest priors, as the full sort would choose); when they
-        outnumber the keepable ``HISTOGRAM`` times, :func:`_may_be_top_k`
-        drops the gathered ones that cannot be among the top_k."""
+    def _candidates(self, conf, mask):
+        """The candidates of ``conf [B, P, C]``, those of ``mask``
+        (:meth:`_above_threshold`): ``img``, ``prior``, ``group`` (image * C +
+        class; long), ``scores``, in the order (image, prior, class), and the
+        count per group ``[B * C]``. Dense maps are not sorted whole: when the
+        candidates outnumber what the groups can keep (top_k each)
+        ``TOPK_FLOOR`` times, each group's top_k-th score is found first
+        (:func:`_kth_largest`) and only the candidates at or above it are
+        gathered (of the ties with it, those of the lowest priors, as the full
+        sort would choose); when they outnumber the keepable ``HISTOGRAM``
+        times, :func:`_may_be_top_k` drops the gathered ones that cannot be
+        among the top_k."""
         B, P, C = conf.shape
         G = B * C
-        mask = _compare(operator.gt, conf, self.conf_thresh)
-        if 0 <= self.background_label < C:
-            mask[..., self.background_label] = False
         keepable = B * (C - (0 <= self.background_label < C)) * self.top_k
         if self.top_k < P and _count(mask) > TOPK_FLOOR * keepable:
             kth = _kth_largest(conf, self.top_k)
@@ -161,6 +160,18 @@ class Detect(nn.Module):
         rows = torch.cat([scores.index_select(0, kept)[:, None], boxes.index_select(0, kept)], 1)
         out.index_copy_(0, g * self.top_k + slot, rows)
         return out.view(B, C, self.top_k, 5)
+
+
+def _in_modes_of_caller(fn):
+    """``fn`` to run on another thread under the calling thread's inference
+    mode, without gradients (both are per-thread settings): tensors made in
+    inference mode can be updated in place only inside it."""
+    inference = torch.is_inference_mode_enabled()
+
+    def run(*args):
+        with torch.inference_mode(inference), torch.no_grad():
+            return fn(*args)
+    return run
 
 
 def _kth_largest(conf, k, numpy=None):
