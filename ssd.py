@@ -22,6 +22,11 @@ its published weights load unchanged. Layer names of the paper, for SSD300's
 ``extras`` holds convs only (ReLU is applied in forward); every odd index is a
 source: conv8_2 (extras.1), conv9_2 (3), conv10_2 (5), conv11_2 (7), and for
 SSD512 conv12_2 (extras.9, a 4x4 conv as in Caffe).
+
+Other backbones (``build_ssd(..., backbone='mobilenet_v3_large' | 'mobilenet_v2'
+| 'resnet50')``, :mod:`layers.backbones`): ``net.backbone`` turns the image
+into the list of source maps, and the same heads, priors, loss and Detect
+follow; their keys are ``backbone.*``, ``loc.k.*`` and ``conf.k.*``.
 """
 import os
 
@@ -45,6 +50,10 @@ class SSD(nn.Module):
         num_classes: classes including background.
         cfg: the config dict (priors and network description).
 
+    ``base`` may instead be a backbone module (:mod:`layers.backbones`) whose
+    ``forward(x)`` returns the list of source maps; ``extras`` is then None
+    and ``net.backbone`` holds it (no ``vgg``, ``L2Norm`` or ``extras``).
+
     ``forward(x)`` takes ``[N, 3, size, size]`` float images. In 'train' phase
     it returns ``(loc [N, P, 4], conf [N, P, C] logits, priors [P, 4])``; in
     'test' phase it returns ``[N, C, top_k, 5]`` detections, each row
@@ -67,25 +76,41 @@ class SSD(nn.Module):
         self.size = size
         self.priorbox = PriorBox(self.cfg)
         self.register_buffer('priors', self.priorbox.forward(), persistent=False)
-        self.vgg = nn.ModuleList(base)
-        self.conv4_3_end = _conv4_3_end(self.vgg)
-        self.L2Norm = L2Norm(_source_channels(self.vgg[:self.conv4_3_end]), 20)
-        self.extras = nn.ModuleList(extras)
+        if isinstance(base, nn.Module) and not isinstance(base, nn.ModuleList):
+            self.backbone = base              # image -> the list of source maps
+        else:
+            self.vgg = nn.ModuleList(base)
+            self.conv4_3_end = _conv4_3_end(self.vgg)
+            self.L2Norm = L2Norm(_source_channels(self.vgg[:self.conv4_3_end]), 20)
+            self.extras = nn.ModuleList(extras)
         self.loc = nn.ModuleList(head[0])
         self.conf = nn.ModuleList(head[1])
         self.softmax = nn.Softmax(dim=-1)
         self.detect = Detect(num_classes, 0, top_k, conf_thresh, nms_thresh,
                              variance=self.cfg['variance'])
 
-    def forward(self, x):
-        if self.vgg[0].weight.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)   # net in NHWC
+    @property
+    def backbone_name(self):
+        """The backbone's name: 'vgg16' or one of :data:`layers.backbones.BACKBONES`."""
+        return self.cfg.get('backbone', 'vgg16')
 
-        def run(m, x):
-            if self.winograd and winograd.eligible(m, x) and winograd.applies(m, x):
-                return winograd.conv(m, x)
-            return m(x)
+    def trunk(self):
+        """The ImageNet-pretrainable part (``--basenet`` loads into it, ``--freeze
+        trunk`` fixes it): ``net.vgg`` for VGG16, else ``net.backbone.trunk``."""
+        return self.vgg if hasattr(self, 'vgg') else self.backbone.trunk
 
+    def _run(self, m, x):
+        """``m(x)``, by Winograd's algorithm where it applies (class docstring)."""
+        if self.winograd and winograd.eligible(m, x) and winograd.applies(m, x):
+            return winograd.conv(m, x)
+        return m(x)
+
+    def sources(self, x):
+        """The source feature maps ``[N, C_k, f_k, f_k]`` of images ``x`` (VGG:
+        conv4_3 after L2Norm, fc7 and every second extra layer)."""
+        if not hasattr(self, 'vgg'):
+            return self.backbone(x)
+        run = self._run
         sources = []
         for k in range(self.conv4_3_end):             # up to conv4_3's ReLU
             x = run(self.vgg[k], x)
@@ -97,12 +122,28 @@ class SSD(nn.Module):
             x = F.relu(run(v, x), inplace=True)
             if k % 2 == 1:
                 sources.append(x)
+        return sources
+
+    def forward(self, x):
+        if memory_format(self) == torch.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)   # net in NHWC
+
+        run = self._run
+        sources = self.sources(x)
         n = x.shape[0]
-        loc = torch.cat([run(l, s).permute(0, 2, 3, 1).reshape(n, -1)
-                         for s, l in zip(sources, self.loc)], 1).view(n, -1, 4)
-        conf = torch.cat([run(c, s).permute(0, 2, 3, 1).reshape(n, -1)
-                          for s, c in zip(sources, self.conf)], 1)
-        conf = conf.view(n, -1, self.num_classes)
+        if self.cfg.get('head_layout', 'ssd') == 'nvidia':
+            # NVIDIA's SSD300 v1.1: channels coordinate-major, priors
+            # anchor-major within each map (its checkpoints were trained so)
+            loc = torch.cat([run(l, s).reshape(n, 4, -1) for s, l in zip(sources, self.loc)],
+                            2).transpose(1, 2)
+            conf = torch.cat([run(c, s).reshape(n, self.num_classes, -1)
+                              for s, c in zip(sources, self.conf)], 2).transpose(1, 2)
+        else:
+            loc = torch.cat([run(l, s).permute(0, 2, 3, 1).reshape(n, -1)
+                             for s, l in zip(sources, self.loc)], 1).view(n, -1, 4)
+            conf = torch.cat([run(c, s).permute(0, 2, 3, 1).reshape(n, -1)
+                              for s, c in zip(sources, self.conf)], 1)
+            conf = conf.view(n, -1, self.num_classes)
         if self.phase == 'test':
             return self.detect(loc, self.softmax(conf.float()), self.priors)
         return loc, conf, self.priors
@@ -219,16 +260,70 @@ def memory_format(net):
     """The memory format ``net``'s convolution weights are stored in
     (``torch.channels_last`` or ``torch.contiguous_format``); inputs are
     converted to it in :meth:`SSD.forward`."""
-    if net.vgg[0].weight.is_contiguous(memory_format=torch.channels_last):
+    conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None and conv.weight.dim() == 4 and \
+            conv.weight.is_contiguous(memory_format=torch.channels_last) and \
+            not conv.weight.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
 
 
+def _modules(cfg, num_classes):
+    """``(base, extras, (loc, conf))`` of :class:`SSD` for the config ``cfg``:
+    VGG16's module lists, or (for another backbone) the backbone module of
+    :mod:`layers.backbones`, None and its heads."""
+    if cfg.get('backbone', 'vgg16') == 'vgg16':
+        base = vgg(cfg['base'], 3, cfg.get('batch_norm', False), cfg.get('fc', 1024))
+        extras = add_extras(cfg['extras'], base[-2].out_channels)
+        return multibox(base, extras, cfg['mbox'], num_classes)
+    from layers import backbones
+    body, loc, conf = backbones.build(cfg, num_classes)
+    return body, None, (loc, conf)
+
+
+def source_sizes(cfg):
+    """The side of each source map of the network ``cfg`` describes, at its
+    input size ``cfg['min_dim']``, measured on the network itself (meta
+    tensors: nothing is computed). ValueError when the input is too small
+    for the network's layers."""
+    n = len(cfg['mbox'])
+    probe = dict(cfg, feature_maps=[1] * n, steps=[cfg['min_dim']] * n)
+    size = cfg['min_dim']
+    with torch.device('meta'):
+        base, extras, head = _modules(probe, probe['num_classes'])
+        net = SSD('train', size, base, extras, head, probe['num_classes'], probe,
+                  winograd=False)
+        try:
+            maps = net.sources(torch.empty(1, 3, size, size))
+        except RuntimeError as e:
+            raise ValueError(f"input size {size} is too small for {cfg.get('name', 'this')} "
+                             f"SSD's layers ({str(e).splitlines()[0][:120]})") from None
+    if len(maps) != n:
+        raise ValueError(f'{len(maps)} source maps but {n} mbox entries')
+    return [int(m.shape[-1]) for m in maps]
+
+
+def complete_config(cfg):
+    """``cfg`` with ``feature_maps`` (and ``steps`` = size / map) taken from
+    the network (:func:`source_sizes`) where they are None; a copy."""
+    cfg = dict(cfg)
+    if cfg.get('feature_maps') is None:
+        cfg['feature_maps'] = source_sizes(cfg)
+    if cfg.get('steps') is None:
+        cfg['steps'] = [cfg['min_dim'] / f for f in cfg['feature_maps']]
+    return cfg
+
+
 def build_ssd(phase, size=300, num_classes=21, cfg=None, channels_last=None,
-              **detect_kwargs):
+              backbone=None, **detect_kwargs):
     """Build an SSD. ``size`` 300 or 512 picks the paper's model (COCO priors
-    when num_classes is 81, VOC's otherwise); pass ``cfg`` (a dict of
-    ``data/config.py``, e.g. ``data.config.shapes``) for another model.
+    when num_classes is 81, VOC's otherwise); another size (a multiple of
+    32 from 256 to 1024, ``data.config.check_size``) the same layers with
+    the priors at the same fractions of the input. ``backbone`` ('vgg16',
+    the default, 'mobilenet_v3_large', 'mobilenet_v2', 'resnet50') picks
+    another network (``data.config.config_for``). Or pass ``cfg`` (a dict of
+    ``data/config.py``, e.g. ``data.config.shapes``, or a weight file's
+    record) for another model; its ``min_dim`` is the size.
     ``detect_kwargs`` (top_k, conf_thresh, nms_thresh) go to :class:`Detect`;
     ``winograd=False`` turns off the Winograd convolutions of :class:`SSD`.
     ``channels_last`` picks the memory format of the weights: None (the
@@ -237,17 +332,18 @@ def build_ssd(phase, size=300, num_classes=21, cfg=None, channels_last=None,
     ``forward``; outputs are the same up to float rounding and the state dict
     is the same (keys, shapes, values). ``net.to(memory_format=...)`` changes
     it later."""
+    from data.config import backbone_name
     if phase not in ('test', 'train'):
         raise ValueError(f'phase must be "train" or "test", got {phase!r}')
     if cfg is None:
-        cfg = config_for(num_classes, size)
+        cfg = config_for(num_classes, size, backbone_name(backbone))
     else:
-        cfg = dict(cfg, num_classes=num_classes)
+        have = backbone_name(cfg.get('backbone'))
+        if backbone is not None and backbone_name(backbone) != have:
+            raise ValueError(f'backbone {backbone!r} asked for, but the config is a {have} SSD')
+        cfg = complete_config(dict(cfg, num_classes=num_classes))
         size = cfg['min_dim']
-    base = vgg(cfg['base'], 3, cfg.get('batch_norm', False), cfg.get('fc', 1024))
-    fc = base[-2].out_channels
-    extras = add_extras(cfg['extras'], fc)
-    base_, extras_, head_ = multibox(base, extras, cfg['mbox'], num_classes)
+    base_, extras_, head_ = _modules(cfg, num_classes)
     net = SSD(phase, size, base_, extras_, head_, num_classes, cfg, **detect_kwargs)
     if channels_last is None:
         fmt = fast_memory_format()

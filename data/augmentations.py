@@ -73,27 +73,44 @@ def _boxes_labels(boxes, labels):
     return boxes, np.asarray(labels)
 
 
-def _subtract_mean(img, mean):
-    """uint8 HxWx3 -> float32 img - mean, in one OpenCV pass."""
-    return cv2.subtract(img, tuple(float(m) for m in mean) + (0.0,),
-                        dtype=cv2.CV_32F)
+def _subtract_mean(img, mean, scale=None):
+    """uint8 HxWx3 -> float32 (img - mean) * scale, the subtraction in one
+    OpenCV pass (``scale``: per channel, 1 / std; None: 1)."""
+    x = cv2.subtract(img, tuple(float(m) for m in mean) + (0.0,), dtype=cv2.CV_32F)
+    if scale is not None:
+        x *= scale
+    return x
+
+
+def _inverse_std(std):
+    """float32 [3] 1 / std, or None when std is None or all ones (VGG16)."""
+    if std is None:
+        return None
+    std = np.asarray(std, np.float32).reshape(3)
+    if np.any(std <= 0):
+        raise ValueError(f'std must be positive, got {std.tolist()}')
+    return None if np.all(std == 1) else (1.0 / std).astype(np.float32)
 
 
 class BaseTransform:
-    """Evaluation transform: resize to ``size x size`` (bilinear) and
-    subtract ``mean``. Returns (float32 HxWx3 BGR image, boxes, labels);
-    boxes are normalised so they are unchanged."""
+    """Evaluation transform: resize to ``size x size`` (bilinear), subtract
+    ``mean`` and divide by ``std`` (per channel, BGR order, pixel units;
+    None: 1, as ssd.pytorch). Returns (float32 HxWx3 BGR image, boxes,
+    labels); boxes are normalised so they are unchanged."""
 
-    def __init__(self, size, mean):
+    def __init__(self, size, mean, std=None):
         self.size = int(size)
         self.mean = np.array(mean, dtype=np.float32)
+        self.inv_std = _inverse_std(std)
 
     def __call__(self, image, boxes=None, labels=None):
         x = cv2.resize(np.asarray(image), (self.size, self.size))
         if x.dtype == np.uint8:
-            return _subtract_mean(x, self.mean), boxes, labels
+            return _subtract_mean(x, self.mean, self.inv_std), boxes, labels
         x = x.astype(np.float32)
         x -= self.mean
+        if self.inv_std is not None:
+            x *= self.inv_std
         return x, boxes, labels
 
 
@@ -212,6 +229,7 @@ class SSDAugmentation:
     Args:
         size: output side in pixels (300 or 512; 160 for the shapes preset).
         mean: BGR mean subtracted at the end and used to fill the expansion.
+        std: BGR std the result is divided by (None: 1, as for VGG16).
     Call with (img uint8 HxWx3 BGR, boxes [n,4] normalised (x1,y1,x2,y2),
     labels [n]); returns (float32 size x size x 3 BGR minus mean, boxes
     float32 [m,4] normalised, labels [m]). m may be smaller than n (crop).
@@ -221,9 +239,10 @@ class SSDAugmentation:
                  max_expand=4.0, min_ious=MIN_IOUS, trials=50,
                  scale=(0.3, 1.0), aspect=(0.5, 2.0), mirror_prob=0.5,
                  distort=True, channel_shuffle_prob=0.0, any_patch=True,
-                 rng=None):
+                 rng=None, std=None):
         self.size = int(size)
         self.mean = np.array(mean, dtype=np.float32)
+        self.inv_std = _inverse_std(std)
         self.expand_prob, self.max_expand = expand_prob, max_expand
         self.min_ious, self.trials = tuple(min_ious), trials
         self.scale, self.aspect = scale, aspect
@@ -260,7 +279,7 @@ class SSDAugmentation:
         if rng.random() < self.mirror_prob:
             out = cv2.flip(out, 1)
             boxes[:, [0, 2]] = 1.0 - boxes[:, [2, 0]]
-        return _subtract_mean(out, self.mean), boxes, labels
+        return _subtract_mean(out, self.mean, self.inv_std), boxes, labels
 
     def _render(self, img, patch, rng):
         """Distort the image pixels inside ``patch`` (x1, y1, x2, y2 integer
@@ -294,7 +313,7 @@ class SSDAugmentation:
 AUGMENTS = ('ssd', 'shapes', 'none')
 
 
-def train_transform(kind, size, mean):
+def train_transform(kind, size, mean, std=None):
     """The training transform that ``train.py --augment KIND`` names:
 
     ``ssd``    the paper's full :class:`SSDAugmentation` (VOC, COCO, custom);
@@ -303,12 +322,14 @@ def train_transform(kind, size, mean):
     ``none``   ssd.pytorch's :class:`BaseTransform` (resize to ``size x size``,
                minus ``mean``; the datasets then swap BGR to RGB), for
                ablations and the recipe check (doc/reproduction.md).
+
+    Each ends with ``(image - mean) / std`` (``std`` None: 1).
     """
     if kind == 'none':
-        return BaseTransform(size, mean)
+        return BaseTransform(size, mean, std)
     if kind == 'shapes':
         from .config import shapes
-        return SSDAugmentation(size, mean, **shapes.get('augment', {}))
+        return SSDAugmentation(size, mean, std=std, **shapes.get('augment', {}))
     if kind == 'ssd':
-        return SSDAugmentation(size, mean)
+        return SSDAugmentation(size, mean, std=std)
     raise ValueError(f"--augment must be one of {', '.join(AUGMENTS)}, got {kind!r}")

@@ -11,6 +11,15 @@ the network when it differs from the paper's VGG16 SSD300:
               'K' makes the next conv a 4x4 pad 1 conv, as SSD512's conv12_2)
 ``mbox``      priors per location for each source
 ``batch_norm`` BatchNorm after every VGG conv (off for the paper's models)
+``backbone``  'vgg16' (the default when absent), 'mobilenet_v3_large',
+              'mobilenet_v2' or 'resnet50' (:mod:`layers.backbones`)
+``mean``, ``std`` the input normalisation, per channel in BGR order and in
+              pixel units: the network takes ``(bgr - mean) / std`` (then
+              the file's channel order); absent: ``MEANS`` and 1 (VGG16)
+``head_layout`` 'nvidia' for NVIDIA's SSD300 v1.1 head order (ssd.SSD.forward)
+
+``feature_maps`` and ``steps`` may be None: :func:`ssd.complete_config` then
+takes the source sizes from the network itself (``steps`` = size / map).
 """
 import os.path
 
@@ -133,20 +142,191 @@ shapes = {
     'head_std': 0.01,       # small loc/conf head weights: a uniform first guess
 }
 
+# SSDlite320 on MobileNetV3-Large, as torchvision's ssdlite320_mobilenet_v3_large:
+# six sources (the C4 expansion layer at stride 16, the last conv, four extra
+# blocks), six default boxes each (DefaultBoxGenerator([[2, 3]] * 6,
+# min_ratio=0.2, max_ratio=0.95): scales 0.2 ... 0.95 and 1.0 of the input),
+# depthwise-separable heads, input (rgb / 255 - 0.5) / 0.5.
+ssdlite320 = {
+    'num_classes': 91,
+    'backbone': 'mobilenet_v3_large',
+    'name': 'SSDlite320',
+    'min_dim': 320,
+    'feature_maps': [20, 10, 5, 3, 2, 1],
+    'steps': [16, 32, 64, 320 / 3, 160, 320],
+    'min_sizes': [64, 112, 160, 208, 256, 304],
+    'max_sizes': [112, 160, 208, 256, 304, 320],
+    'aspect_ratios': [[2, 3]] * 6,
+    'mbox': [6] * 6,
+    'variance': [0.1, 0.2],
+    'clip': True,
+    'mean': (127.5, 127.5, 127.5), 'std': (127.5, 127.5, 127.5),
+    'width_mult': 1.0, 'reduced_tail': True,
+    'extras_channels': [512, 256, 256, 128],
+    # a VOC or custom schedule: torchvision's SSDlite recipe (SGD, cosine,
+    # weight decay 4e-5; lr 0.15 at batch 192, scaled to batch 32)
+    'lr': 0.025, 'weight_decay': 4e-5, 'lr_schedule': 'cosine', 'warmup': 1000,
+    'lr_steps': (), 'max_iter': 120000,
+}
+
+# SSDlite320 on MobileNetV2 (the MobileNetV2 paper's SSDLite, as mmdetection's
+# ssdlite_mobilenetv2): the first source from block 13's expansion layer
+# (stride 16, 576 channels), the second from the final 1280-channel conv.
+ssdlite320_v2 = dict(ssdlite320, backbone='mobilenet_v2', name='SSDlite320-V2',
+                     reduced_tail=False)
+
+# SSD300 v1.1 on ResNet-50 (NVIDIA DeepLearningExamples): the trunk to conv4
+# (layer3) with its stride set to 1 (38x38, 1024 channels), five extra
+# blocks with BatchNorm, COCO's SSD300 default boxes, ImageNet mean/std,
+# NVIDIA's head order ('head_layout').
+resnet300 = dict(coco, **{
+    'backbone': 'resnet50', 'name': 'SSD300-ResNet50',
+    'mean': (103.53, 116.28, 123.675), 'std': (57.375, 57.12, 58.395),
+    'head_layout': 'nvidia',
+    'extras_channels': [1024, 512, 512, 256, 256, 256],
+    'extras_mid': [256, 256, 128, 128, 128],
+})
+for _k in ('base', 'fc', 'extras', 'batch_norm'):
+    resnet300.pop(_k)
+
+# The shapes demo on SSDlite-MobileNetV3 (``train.py --dataset shapes
+# --backbone mobilenet_v3_large``): half the width, 224 input, priors from a
+# tenth of the input up, and the VGG shapes preset's short schedule.
+shapes_lite = dict(ssdlite320, **{
+    'num_classes': 6, 'name': 'shapes-SSDlite', 'min_dim': 224,
+    'feature_maps': None, 'steps': None, 'width_mult': 0.5,
+    'min_sizes': [22.4, 44.8, 78.4, 112.0, 145.6, 179.2],
+    'max_sizes': [44.8, 78.4, 112.0, 145.6, 179.2, 212.8],
+    **{k: shapes[k] for k in ('lr_steps', 'max_iter', 'batch_size', 'optimizer', 'lr',
+                              'warmup', 'gamma', 'lr_schedule', 'weight_decay', 'save_every',
+                              'eval_every', 'train_images', 'augment')},
+})
+
+#: The shapes preset of each backbone (``--dataset shapes``).
+SHAPES_PRESETS = {'vgg16': shapes, 'mobilenet_v3_large': shapes_lite}
+
+#: The default config of each backbone other than VGG16 (:func:`config_for`).
+BACKBONE_CONFIGS = {'mobilenet_v3_large': ssdlite320, 'mobilenet_v2': ssdlite320_v2,
+                    'resnet50': resnet300}
+
 CONFIGS = {'voc': voc, 'coco': coco, 'voc512': voc512, 'coco512': coco512,
-           'shapes': shapes}
+           'shapes': shapes, 'ssdlite320': ssdlite320, 'ssdlite320_v2': ssdlite320_v2,
+           'resnet300': resnet300, 'shapes_lite': shapes_lite}
 
 
-def config_for(num_classes=21, size=300):
-    """Pick the prior geometry for a dataset with ``num_classes`` and input
-    ``size``: COCO's when num_classes is 81, VOC's otherwise (custom data)."""
-    if size not in (300, 512):
-        raise ValueError(f"size must be 300 or 512, got {size!r}")
-    if num_classes == 81:
-        cfg = coco if size == 300 else coco512
+#: ``--size``: 300 (the paper's SSD300), or a multiple of SIZE_STEP from
+#: SIZE_MIN to SIZE_MAX (512 is the paper's SSD512; SSDlite's 320 is one).
+SIZE_MIN, SIZE_MAX, SIZE_STEP = 256, 1024, 32
+
+#: The backbones ``build_ssd`` knows (``--backbone``); VGG16 is the paper's.
+BACKBONES = ('vgg16', 'mobilenet_v3_large', 'mobilenet_v2', 'resnet50')
+
+#: Each backbone's default input size (``--size`` when not given).
+DEFAULT_SIZES = {'vgg16': 300, 'mobilenet_v3_large': 320, 'mobilenet_v2': 320,
+                 'resnet50': 300}
+
+
+#: Each backbone's ImageNet base (``train.py --basenet`` when not given), in
+#: weights/: ssd.pytorch's VGG16 reduced-fc, or what ``python -m
+#: utils.convert_imagenet`` makes of torchvision's ImageNet classifiers.
+DEFAULT_BASENETS = {'vgg16': 'vgg16_reducedfc.pth',
+                    'mobilenet_v3_large': 'mobilenet_v3_large_basenet.pth',
+                    'mobilenet_v2': 'mobilenet_v2_basenet.pth',
+                    'resnet50': 'resnet50_basenet.pth'}
+
+
+def check_size(size):
+    """``size`` as an int when it is 300 or a multiple of :data:`SIZE_STEP`
+    in [:data:`SIZE_MIN`, :data:`SIZE_MAX`]; ValueError otherwise."""
+    n = int(size)
+    if n != 300 and not (SIZE_MIN <= n <= SIZE_MAX and n % SIZE_STEP == 0):
+        raise ValueError(f'size must be 300 or a multiple of {SIZE_STEP} from {SIZE_MIN} '
+                         f'to {SIZE_MAX}, got {size!r}')
+    return n
+
+
+def _scaled(cfg, size, name):
+    """The paper's config ``cfg`` (SSD300's or SSD512's layout) at another
+    input ``size``: the same layers, prior sizes at the same fractions of
+    the input, feature maps and steps from the network."""
+    f = size / cfg['min_dim']
+    return dict(cfg, min_dim=size, name=name, feature_maps=None, steps=None,
+                min_sizes=[round(v * f, 4) for v in cfg['min_sizes']],
+                max_sizes=[round(v * f, 4) for v in cfg['max_sizes']])
+
+
+def config_for(num_classes=21, size=300, backbone='vgg16'):
+    """The complete config of a ``backbone`` at input ``size`` for
+    ``num_classes`` (with background).
+
+    VGG16: the paper's at 300 and 512 (COCO's priors when num_classes is
+    81, VOC's otherwise); at any other size (:func:`check_size`) SSD300's
+    layers below 512 and SSD512's from 512 on, with the prior sizes at the
+    same fractions of the input and the feature maps measured on the
+    network. Other backbones: their preset (:data:`BACKBONE_CONFIGS`) at
+    ``size``. Raises ValueError for an unknown backbone or size."""
+    backbone = backbone_name(backbone)
+    size = check_size(size)
+    if backbone == 'vgg16':
+        coco_like = num_classes == 81
+        if size in (300, 512):
+            cfg = {(300, False): voc, (300, True): coco, (512, False): voc512,
+                   (512, True): coco512}[size, coco_like]
+            return dict(cfg, num_classes=num_classes)
+        base = (coco if coco_like else voc) if size < 512 else (coco512 if coco_like else voc512)
+        cfg = _scaled(base, size, f"{'COCO' if coco_like else 'VOC'}{size}")
     else:
-        cfg = voc if size == 300 else voc512
-    return dict(cfg, num_classes=num_classes)
+        cfg = BACKBONE_CONFIGS[backbone]
+        if size != cfg['min_dim']:
+            cfg = dict(cfg, min_dim=size, feature_maps=None, steps=None,
+                       min_sizes=[round(v * size / cfg['min_dim'], 4) for v in cfg['min_sizes']],
+                       max_sizes=[round(v * size / cfg['min_dim'], 4) for v in cfg['max_sizes']])
+    from ssd import complete_config      # the network measures its own maps
+    return complete_config(dict(cfg, num_classes=num_classes))
+
+
+def shapes_preset(backbone='vgg16'):
+    """The shapes preset of ``backbone`` (:data:`SHAPES_PRESETS`); a backbone
+    without one gets its own config with the VGG preset's schedule."""
+    backbone = backbone_name(backbone)
+    if backbone in SHAPES_PRESETS:
+        return SHAPES_PRESETS[backbone]
+    keep = SCHEDULE_KEYS + ('train_images', 'augment')
+    return dict(BACKBONE_CONFIGS[backbone], num_classes=shapes['num_classes'],
+                name=f'shapes-{backbone}', **{k: shapes[k] for k in keep if k in shapes})
+
+
+def model_config(dataset, num_classes, size=None, backbone='vgg16'):
+    """The complete config a run trains: the shapes preset of ``backbone``
+    for ``dataset`` 'shapes', else :func:`config_for`; ``size`` None is the
+    preset's or the backbone's default size (:data:`DEFAULT_SIZES`), another
+    size scales the prior sizes with the input (the same fractions)."""
+    backbone = backbone_name(backbone)
+    if dataset_name(dataset) != 'shapes':
+        return config_for(num_classes, size or DEFAULT_SIZES[backbone], backbone)
+    cfg = dict(shapes_preset(backbone), num_classes=num_classes)
+    if size is not None and int(size) != cfg['min_dim']:
+        cfg = _scaled(cfg, check_size(size), cfg['name'])
+    from ssd import complete_config
+    return complete_config(cfg)
+
+
+def backbone_name(name):
+    """The one spelling of a backbone name (any case); ValueError listing
+    :data:`BACKBONES` otherwise."""
+    canon = {b.lower(): b for b in BACKBONES}.get(str(name or 'vgg16').lower())
+    if canon is None:
+        raise ValueError(f'unknown backbone {name!r}: choose {", ".join(BACKBONES)}')
+    return canon
+
+
+def preprocess_of(cfg):
+    """``(mean, std)`` of a config: per channel, BGR order, pixel units (the
+    network takes ``(bgr - mean) / std``); VGG16's ``MEANS`` and 1 when the
+    config does not say."""
+    mean = tuple(float(v) for v in cfg.get('mean', MEANS))
+    std = tuple(float(v) for v in cfg.get('std', (1.0, 1.0, 1.0)))
+    return mean, std
 
 
 # ------------------------------------------------------------ dataset names
@@ -232,13 +412,23 @@ def scaled_schedule(num_images, batch_size, max_iter=None):
                 save_every=max_iter * PAPER['save_every'] // voc['max_iter'] or max_iter)
 
 
-def schedule_config(name, size=300):
+def schedule_config(name, size=300, backbone='vgg16'):
     """The config dict whose schedule a dataset trains with: VOC's for VOC
     and custom data, COCO's for COCO, the preset's for shapes (the schedule
-    of SSD512 is that of SSD300)."""
+    of SSD512 is that of SSD300). Another backbone keeps the dataset's
+    iterations and takes its preset's optimiser settings (SSDlite:
+    torchvision's recipe, cosine; ResNet-50: the paper's)."""
     name = dataset_name(name)
+    backbone = backbone_name(backbone)
     if name == 'shapes':
-        return shapes
+        return shapes_preset(backbone)
     if name == 'COCO':
-        return coco if size == 300 else coco512
-    return voc if size == 300 else voc512
+        cfg = coco if size == 300 else coco512
+    else:
+        cfg = voc if size == 300 else voc512
+    if backbone == 'vgg16':
+        return cfg
+    own = BACKBONE_CONFIGS[backbone]
+    return dict(cfg, **{k: own[k] for k in SCHEDULE_KEYS
+                        if k in own and k not in ('max_iter', 'lr_steps')},
+                **({'lr_steps': ()} if own.get('lr_schedule') == 'cosine' else {}))

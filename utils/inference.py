@@ -8,7 +8,7 @@ import contextlib
 import numpy as np
 import torch
 
-from data.config import MEANS
+from data.config import preprocess_of
 
 
 def unwrap(net):
@@ -60,24 +60,29 @@ def split_detections(out, sizes, conf_thresh=0.0):
 
 
 class Predictor:
-    """``Predictor(net, size, mean=MEANS, device='cpu', channel_order='RGB',
-    conf_thresh=0.01)``; ``predictor(list_of_bgr_images)`` -> list of
+    """``Predictor(net, size, mean=None, device='cpu', channel_order='RGB',
+    conf_thresh=0.01, batch_size=8, std=None)``; ``predictor(list_of_bgr_images)`` -> list of
     ``dict(boxes float32 [n, 4] (x1, y1, x2, y2) pixels, scores float32 [n],
     labels int64 [n] 0-based without background)``, sorted by score.
 
     Preprocessing is ssd.pytorch's: resize to ``size`` x ``size`` (bilinear),
-    subtract the BGR ``mean``, then swap to RGB unless ``channel_order`` is
-    'BGR' (Caffe-converted weights). The net runs in test phase under
+    subtract the BGR ``mean`` (and divide by ``std``), then swap to RGB unless
+    ``channel_order`` is 'BGR' (Caffe-converted weights). ``mean`` and
+    ``std`` None: the network's (``data.config.preprocess_of(net.cfg)``:
+    ``MEANS`` and 1 for VGG16). The net runs in test phase under
     ``torch.inference_mode``; its phase and mode are restored afterwards."""
 
-    def __init__(self, net, size=None, mean=MEANS, device='cpu', channel_order='RGB',
-                 conf_thresh=0.01, batch_size=8):
+    def __init__(self, net, size=None, mean=None, device='cpu', channel_order='RGB',
+                 conf_thresh=0.01, batch_size=8, std=None):
         from data import BaseTransform
         if channel_order not in ('RGB', 'BGR'):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         self.net = net
         self.size = int(size or unwrap(net).size)
-        self.transform = BaseTransform(self.size, mean)
+        cfg_mean, cfg_std = preprocess_of(getattr(unwrap(net), 'cfg', None) or {})
+        self.mean = cfg_mean if mean is None else tuple(mean)
+        self.std = cfg_std if std is None else tuple(std)
+        self.transform = BaseTransform(self.size, self.mean, self.std)
         self.device = torch.device(device)
         self.channel_order = channel_order
         self.conf_thresh = conf_thresh

@@ -27,14 +27,36 @@ shapes preset; the number of classes) from the state-dict shapes, and
 returns the network with its class names and channel order. ``eval.py``,
 ``test.py``, ``demo/live.py``, the notebook and ``train.py --resume`` use it,
 so that they need only the file.
+
+The record. Every file this codebase writes describes its model in one
+JSON-able dict (:func:`model_record`)::
+
+    {'version': 1,
+     'cfg': {...},            # the complete config: backbone, min_dim (size),
+                              # num_classes, priors (feature_maps, steps,
+                              # min/max_sizes, aspect_ratios, variance, clip),
+                              # the layers, and the input 'mean'/'std'
+                              # (BGR order, pixel units; data.config.preprocess_of)
+     'classes': [...],        # names without background
+     'dataset': 'VOC',        # or COCO, shapes, custom, None
+     'channel_order': 'RGB'}  # fed after (bgr - mean) / std: RGB or BGR
+
+A plain state-dict snapshot (``ssd300_VOC_5000.pth``) carries it in the
+state dict's own metadata, ``state_dict._metadata['']['ssd']``, so that
+``net.load_state_dict(torch.load(f, weights_only=True))`` works as in
+ssd.pytorch; full checkpoints and converted files also hold it as the key
+``'record'``; an exported ONNX file in its metadata. :func:`build_from_weights`
+builds exactly the recorded network; a file without a record (ssd.pytorch's
+weights, Caffe conversions) is recognised from its shapes as before.
 """
+import json
 import os
 import re
 from typing import NamedTuple
 
 import torch
 
-from data.config import CONFIGS, DATASETS, config_for, dataset_name
+from data.config import BACKBONES, CONFIGS, DATASETS, config_for, dataset_name
 from utils.checkpoint import CheckpointError, check_finite, extract_state_dict, load_file
 
 CHANNEL_ORDERS = ('RGB', 'BGR')
@@ -69,6 +91,81 @@ def _metadata(obj):
     return meta
 
 
+RECORD_VERSION = 1
+RECORD_KEY = 'ssd'          # in state_dict._metadata['']
+#: cfg keys a record must have (besides the layers of its backbone)
+RECORD_CFG_KEYS = ('min_dim', 'num_classes', 'feature_maps', 'steps', 'min_sizes',
+                   'max_sizes', 'aspect_ratios', 'variance', 'clip', 'mbox')
+
+
+def _jsonable(v):
+    """Tuples to lists, numbers and strings as they are: what JSON keeps."""
+    return json.loads(json.dumps(v))
+
+
+def model_record(net, classes=None, dataset=None, channel_order='RGB'):
+    """The record (module docstring) of the SSD ``net`` (wrappers allowed):
+    its complete config, the class names without background, the dataset
+    and the channel order. JSON-able; :func:`build_from_weights` rebuilds
+    ``net`` from it."""
+    from utils.inference import unwrap
+    net = unwrap(net)
+    cfg = dict(net.cfg, num_classes=net.num_classes, min_dim=net.size)
+    cfg.setdefault('backbone', 'vgg16')
+    return {'version': RECORD_VERSION, 'cfg': _jsonable(cfg),
+            'classes': None if classes is None else [str(c) for c in classes],
+            'dataset': None if dataset is None else dataset_name(dataset),
+            'channel_order': _check_order(channel_order, 'channel_order') or 'RGB'}
+
+
+def attach_record(state_dict, record):
+    """Put ``record`` into a plain state dict's own metadata (``torch.save``
+    and ``torch.load(weights_only=True)`` keep it; ``load_state_dict`` ignores
+    it). Returns the state dict."""
+    from collections import OrderedDict
+    meta = getattr(state_dict, '_metadata', None)
+    if meta is None:
+        meta = OrderedDict()
+        state_dict._metadata = meta
+    meta[''] = dict(meta.get('', {}), **{RECORD_KEY: record})
+    return state_dict
+
+
+def record_of(obj, path='<weights>'):
+    """The record a loaded weight file holds (a checkpoint's ``'record'``, or
+    its state dict's metadata), checked (:func:`check_record`); None when it
+    has none."""
+    rec = obj.get('record') if isinstance(obj, dict) else None
+    if rec is None:
+        sd = obj.get('model') if isinstance(obj, dict) and isinstance(obj.get('model'), dict) \
+            else obj
+        rec = (getattr(sd, '_metadata', None) or {}).get('', {}).get(RECORD_KEY)
+    return None if rec is None else check_record(rec, path)
+
+
+def check_record(rec, path='<weights>'):
+    """``rec`` when it is a usable record; one-line CheckpointError naming
+    the file and the key otherwise."""
+    if not isinstance(rec, dict) or not isinstance(rec.get('cfg'), dict):
+        raise CheckpointError(f'{path}: its model record is not a dict with a cfg')
+    if int(rec.get('version', 0)) > RECORD_VERSION:
+        raise CheckpointError(f'{path}: model record version {rec["version"]} is newer than '
+                              f'this code reads ({RECORD_VERSION})')
+    cfg = rec['cfg']
+    missing = [k for k in RECORD_CFG_KEYS if k not in cfg]
+    if missing:
+        raise CheckpointError(f'{path}: its model record lacks cfg key(s) {", ".join(missing)}')
+    if cfg.get('backbone', 'vgg16') not in BACKBONES:
+        raise CheckpointError(f'{path}: its model record names an unknown backbone '
+                              f'{cfg.get("backbone")!r} (known: {", ".join(BACKBONES)})')
+    names = rec.get('classes')
+    if names is not None and len(names) != int(cfg['num_classes']) - 1:
+        raise CheckpointError(f'{path}: its model record has {len(names)} class names for '
+                              f'{cfg["num_classes"]} classes with background')
+    _check_order(rec.get('channel_order'), str(path))
+    return rec
+
+
 def channel_order_for(path, override=None, checkpoint=None):
     """The channel order ('RGB' or 'BGR') that the weights ``path`` expect.
 
@@ -81,7 +178,9 @@ def channel_order_for(path, override=None, checkpoint=None):
     if o:
         return o
     if checkpoint is not None:
-        o = _check_order(_metadata(checkpoint).get('channel_order'), str(path))
+        rec = record_of(checkpoint, path)
+        o = _check_order((rec or {}).get('channel_order') or
+                         _metadata(checkpoint).get('channel_order'), str(path))
         if o:
             return o
     name = os.path.basename(os.fspath(path)).lower()
@@ -210,11 +309,13 @@ def class_names(cfg, num_classes, meta=None, dataset=None, dataset_root=None):
 class WeightFile(NamedTuple):
     """A weight file read once: ``obj`` as loaded, ``state`` the model state
     dict (prefixes removed), ``meta`` the checkpoint's metadata and args
-    (empty for plain state dicts)."""
+    (empty for plain state dicts), ``record`` the model record (module
+    docstring; None for files without one)."""
     path: str
     obj: object
     state: dict
     meta: dict
+    record: dict = None
 
 
 def read_weights(path):
@@ -224,14 +325,14 @@ def read_weights(path):
     path = os.fspath(path)
     obj = load_file(path)
     state = check_finite(extract_state_dict(obj, path), path)
-    return WeightFile(path, obj, state, _metadata(obj))
+    return WeightFile(path, obj, state, _metadata(obj), record_of(obj, path))
 
 
 def dataset_of(weights, default='VOC'):
     """The dataset a weight file (:class:`WeightFile`) was trained on: the
     checkpoint's ``dataset``; else 'shapes' when only the shapes preset fits
     its shapes, 'COCO' for 81 classes, ``default`` otherwise."""
-    name = weights.meta.get('dataset')
+    name = (weights.record or {}).get('dataset') or weights.meta.get('dataset')
     if name:
         return dataset_name(name)
     try:
@@ -270,7 +371,10 @@ def build_from_weights(path, phase='test', size=None, dataset=None, channel_orde
     from ssd import build_ssd
     wf = path if isinstance(path, WeightFile) else read_weights(path)
     dataset = None if dataset is None else dataset_name(dataset)
-    cfg = infer_config(wf.state, size, dataset, hint=wf.meta, path=wf.path)
+    if wf.record is not None:
+        cfg = recorded_config(wf, size)
+    else:
+        cfg = infer_config(wf.state, size, dataset, hint=wf.meta, path=wf.path)
     n = cfg['num_classes']
     known = dataset_classes(dataset, dataset_root) if dataset else None
     for want, what in ((num_classes, f'{num_classes} classes'),
@@ -280,10 +384,51 @@ def build_from_weights(path, phase='test', size=None, dataset=None, channel_orde
                                   f'{cfg["min_dim"]} with {what} ({int(want)} with background; '
                                   f'the file has {n})')
     net = build_ssd(phase, cfg['min_dim'], n, cfg=cfg, **detect_kwargs)
-    net.load_state_dict(wf.state)
+    _load_state(net, wf)
     net.to(device).eval()
     order = channel_order_for(wf.path, channel_order, checkpoint=wf.obj)
-    return LoadedModel(net, class_names(cfg, n, wf.meta, dataset, dataset_root), order)
+    meta = dict(wf.meta, classes=wf.record['classes']) \
+        if wf.record is not None and wf.record.get('classes') else wf.meta
+    return LoadedModel(net, class_names(cfg, n, meta, dataset, dataset_root), order)
+
+
+def recorded_config(weights, size=None):
+    """The config a :class:`WeightFile` records; ``size`` (a ``--size`` given)
+    must be the recorded one (one-line CheckpointError otherwise)."""
+    cfg = dict(weights.record['cfg'])
+    if size is not None and int(size) != int(cfg['min_dim']):
+        raise CheckpointError(f"{weights.path}: records an SSD{cfg['min_dim']} "
+                              f"({cfg.get('backbone', 'vgg16')}); --size {size} does not fit it "
+                              '(leave --size out: the file says its size)')
+    return cfg
+
+
+def backbone_of(weights):
+    """The backbone a :class:`WeightFile` is for: its record's, else 'vgg16'
+    for ssd.pytorch's keys (``vgg.N``), else None (not known)."""
+    if weights.record is not None:
+        return weights.record['cfg'].get('backbone', 'vgg16')
+    return 'vgg16' if any(k.startswith('vgg.') for k in weights.state) else None
+
+
+def check_backbone(net, weights):
+    """One-line CheckpointError when the :class:`WeightFile` ``weights`` is
+    for another backbone than the SSD ``net``, naming both."""
+    have, want = backbone_of(weights), getattr(net, 'backbone_name', 'vgg16')
+    if have is not None and have != want:
+        raise CheckpointError(f'{weights.path}: holds a {have} SSD, but this model is a '
+                              f'{want} SSD (--backbone {have}, or a {want} file)')
+
+
+def _load_state(net, weights):
+    """``net.load_state_dict(weights.state)`` with one-line errors."""
+    check_backbone(net, weights)
+    try:
+        net.load_state_dict(weights.state)
+    except RuntimeError as e:
+        first = ' '.join(x.strip() for x in str(e).strip().splitlines()[:2])
+        raise CheckpointError(f'{weights.path}: does not fit the model it records '
+                              f'({first[:300]})') from None
 
 
 def load_weights(net, weights):
@@ -293,6 +438,7 @@ def load_weights(net, weights):
     is a one-line :class:`CheckpointError`."""
     wf = weights if isinstance(weights, WeightFile) else read_weights(weights)
     net = getattr(net, 'module', net)
+    check_backbone(net, wf)
     try:
         net.load_state_dict(wf.state)
     except RuntimeError as e:
@@ -324,6 +470,7 @@ def load_matching(net, weights):
     fitting tensor is a one-line :class:`CheckpointError`."""
     wf = weights if isinstance(weights, WeightFile) else read_weights(weights)
     net = getattr(net, 'module', net)
+    check_backbone(net, wf)
     own = net.state_dict()
     fit = {k: v for k, v in wf.state.items()
            if k in own and tuple(v.shape) == tuple(own[k].shape)}

@@ -15,8 +15,9 @@ import warnings
 
 import torch
 
-from data.config import (eval_splits, scaled_schedule, schedule_config,
-                         schedule_defaults, shapes as SHAPES_CFG)
+from data.config import (BACKBONES, DEFAULT_BASENETS, DEFAULT_SIZES, eval_splits, scaled_schedule,
+                         schedule_config, schedule_defaults, shapes_preset,
+                         shapes as SHAPES_CFG)
 from data.augmentations import AUGMENTS
 from utils.engine.cli import add_cuda_flag, add_dataset_flag, str2bool
 from utils.training.finetune import parse_freeze
@@ -34,6 +35,25 @@ class RunConfig(argparse.Namespace):
     the validation splits tried in order (empty when ``eval_every`` is 0 or
     ``--val_set none``); ``train_sets`` is a tuple of image-set names.
     Build it with :func:`resolve_run_config` or :func:`parse_run_config`."""
+
+
+def size_flag(v):
+    """argparse type of ``--size``: 300, or a multiple of 32 from 256 to
+    1024 (``data.config.check_size``)."""
+    from data.config import check_size
+    try:
+        return check_size(int(v))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def backbone_flag(v):
+    """argparse type of ``--backbone``: one of ``data.config.BACKBONES``."""
+    from data.config import backbone_name
+    try:
+        return backbone_name(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def int_list(v):
@@ -107,8 +127,16 @@ def build_parser():
     a('--visdom', default=False, type=str2bool, help='plot losses on a visdom server')
     a('--save_folder', default='weights/', help='where weights, logs and checkpoint.pth go')
     # new flags
-    a('--size', default=300, type=int, choices=[300, 512],
-      help='SSD300 or SSD512 (the shapes preset has its own size)')
+    a('--size', default=None, type=size_flag,
+      help='input size: 300 or 512 (the paper\'s SSD300 / SSD512), or any multiple of 32 from '
+           '256 to 1024 (the priors follow SSD\'s rule at that size; the feature maps come from '
+           'the network) (default: the backbone\'s: 300, SSDlite 320; the shapes preset\'s 160)')
+    a('--backbone', default='vgg16', type=backbone_flag, metavar='{%s}' % ','.join(BACKBONES),
+      help='the network: vgg16 (the paper\'s), mobilenet_v3_large / mobilenet_v2 (SSDlite320), '
+           'resnet50 (NVIDIA\'s SSD300 v1.1)')
+    a('--priors', default=None,
+      help='a JSON prior config (min/max sizes and aspect ratios per source, as `python -m '
+           'data.priors` writes it) instead of the backbone\'s; the weight files record it')
     a('--max_iter', default=None, type=positive_int, help='iterations (default: the config\'s)')
     a('--lr_steps', default=None, type=int_list,
       help='comma-separated iterations where lr *= gamma (default: the config\'s)')
@@ -195,9 +223,11 @@ def resolve_run_config(args):
     flags that cannot work together."""
     c = RunConfig(**vars(args))
     shapes = c.dataset == 'shapes'
-    if shapes:
-        c.size = SHAPES_CFG['min_dim']          # the preset has its own size
-    d = schedule_defaults(schedule_config(c.dataset, c.size))
+    if c.size is None:                      # the preset's or the backbone's own size
+        c.size = shapes_preset(c.backbone)['min_dim'] if shapes else DEFAULT_SIZES[c.backbone]
+    if c.priors is not None and not os.path.isfile(c.priors):
+        raise ValueError(f'--priors {c.priors}: no such file')
+    d = schedule_defaults(schedule_config(c.dataset, c.size, c.backbone))
     _resolve_sets(c)
     if c.dataset == 'custom':       # the schedule scaled to the dataset's size
         d.update(_custom_schedule(c, d['batch_size'] if c.batch_size is None
@@ -214,7 +244,7 @@ def resolve_run_config(args):
     _resolve_pretrained(c)
     c.freeze = tuple(c.freeze or ())
     if c.basenet is None:
-        c.basenet = 'none' if shapes else 'vgg16_reducedfc.pth'
+        c.basenet = 'none' if shapes else DEFAULT_BASENETS[c.backbone]
     if c.augment is None:
         c.augment = 'shapes' if shapes else 'ssd'
     if c.num_workers is None:     # shapes: in memory; a worker would contend with torch's threads
@@ -224,10 +254,10 @@ def resolve_run_config(args):
     if c.cuda is None:            # the device rule (utils.engine.cli.select_device)
         c.cuda = torch.cuda.is_available()
     if shapes:
-        from data.shapes import DEFAULT_SIZES
-        from data.config import shapes as preset   # the demo's recipe may set it
-        c.train_images = c.train_images or preset.get('train_images', DEFAULT_SIZES['train'])
-        c.val_images = c.val_images or DEFAULT_SIZES['val']
+        from data.shapes import DEFAULT_SIZES as SPLIT_SIZES
+        preset = shapes_preset(c.backbone)    # the demo's recipe may set it
+        c.train_images = c.train_images or preset.get('train_images', SPLIT_SIZES['train'])
+        c.val_images = c.val_images or SPLIT_SIZES['val']
     late = [s for s in c.lr_steps if s >= c.max_iter] if args.lr_steps is not None else []
     if late:
         warnings.warn(f'--lr_steps {",".join(map(str, late))} at or beyond --max_iter '

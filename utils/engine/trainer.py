@@ -15,13 +15,12 @@ import warnings
 
 import torch
 
-from data.config import MEANS, config_for
-from data.config import shapes as SHAPES_CFG
+from data.config import model_config, preprocess_of
 from layers import MultiBoxLoss
 from ssd import build_ssd, memory_format
 from utils.training import distributed as D
 from utils.checkpoint import CheckpointError, SaveError, atomic_save, load_into, remove_stale_temp
-from utils.weights import load_weights, read_weights
+from utils.weights import attach_record, load_weights, model_record, read_weights
 from utils.training.lock import SaveFolderLock
 from utils.training.logger import TrainLogger, VisdomPlotter, plot_loss_curves
 from data.loader import make_loader, seed_all
@@ -35,6 +34,8 @@ from utils.training.finetune import freeze, init_from_pretrained
 VGG_HELP = ('download https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.pth '
             'into weights/ (see weights/README.md), or convert torchvision\'s ImageNet '
             'VGG16 with `python -m utils.convert_vgg`; --basenet none trains from scratch')
+BASENET_HELP = ('convert torchvision\'s ImageNet {b} with `python -m utils.convert_imagenet '
+                '--arch {b}` (weights/README.md); --basenet none trains from scratch')
 
 
 # ------------------------------------------------------------------ set-up
@@ -42,19 +43,24 @@ VGG_HELP = ('download https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.
 def build_datasets(c):
     """Training set (with the ``--augment`` transform), validation set (the first of
     ``c.val_splits`` on disk, or None) and the model's config dict, for the
-    :class:`~utils.engine.run_config.RunConfig` ``c``."""
+    :class:`~utils.engine.run_config.RunConfig` ``c``: the backbone's at
+    ``c.size`` (the shapes preset for shapes), with ``--priors`` merged in;
+    the transforms normalise as that config says (``data.config.preprocess_of``)."""
     from data import BaseTransform, get_dataset
     from data.augmentations import train_transform
-    shapes = c.dataset == 'shapes'
     train_ds = get_dataset(c.dataset, c.dataset_root, c.train_sets,
-                           transform=train_transform(c.augment, c.size, MEANS),
                            **_dataset_kw(c, c.train_images))
-    cfg = dict(SHAPES_CFG) if shapes else config_for(len(train_ds.classes) + 1, c.size)
+    cfg = model_config(c.dataset, len(train_ds.classes) + 1, c.size, c.backbone)
+    if getattr(c, 'priors', None):
+        from data.priors import load_priors
+        cfg = load_priors(c.priors, cfg)
+    mean, std = preprocess_of(cfg)
+    train_ds.transform = train_transform(c.augment, c.size, mean, std)
     val_ds, err = None, None
     for split in c.val_splits:
         try:
             val_ds = get_dataset(c.dataset, c.dataset_root, split,
-                                 transform=BaseTransform(c.size, MEANS),
+                                 transform=BaseTransform(c.size, mean, std),
                                  **_dataset_kw(c, c.val_images))
             break
         except (ValueError, OSError) as e:   # this split is not on disk
@@ -73,8 +79,9 @@ def _dataset_kw(c, num_images):
 
 
 def load_basenet(net, args):
-    """Load ``--basenet`` (the ImageNet VGG16 reduced-fc) into ``net.vgg``;
-    train from scratch with ``--basenet none`` (the shapes preset's default)."""
+    """Load ``--basenet`` (the ImageNet VGG16 reduced-fc, or another backbone's
+    converted ImageNet trunk) into ``net.trunk()``; train from scratch with
+    ``--basenet none`` (the shapes preset's default)."""
     if str(args.basenet).lower() in ('', 'none'):
         init_weights(net, from_scratch=True, head_std=net.cfg.get('head_std'))
         return None
@@ -84,8 +91,10 @@ def load_basenet(net, args):
     path = next((p for p in candidates if os.path.isfile(p)), None)
     if path is None:
         raise CheckpointError(f'basenet {args.basenet} not found (looked in '
-                              f'{", ".join(dict.fromkeys(candidates))}): {VGG_HELP}')
-    load_into(net.vgg, path)
+                              f'{", ".join(dict.fromkeys(candidates))}): '
+                              + (VGG_HELP if net.backbone_name == 'vgg16' else
+                                 BASENET_HELP.format(b=net.backbone_name)))
+    load_into(net.trunk(), path)
     return path
 
 
@@ -104,8 +113,10 @@ def make_amp(args, device):
 
 
 def snapshot_name(args, cfg, tag):
-    """ssd.pytorch's snapshot name: ``ssd300_VOC_5000.pth``."""
-    return os.path.join(args.save_folder, f"ssd{cfg['min_dim']}_{args.dataset}_{tag}.pth")
+    """ssd.pytorch's snapshot name: ``ssd300_VOC_5000.pth`` (another backbone:
+    ``ssd320_mobilenet_v3_large_VOC_5000.pth``)."""
+    net = '' if cfg.get('backbone', 'vgg16') == 'vgg16' else f"_{cfg['backbone']}"
+    return os.path.join(args.save_folder, f"ssd{cfg['min_dim']}{net}_{args.dataset}_{tag}.pth")
 
 
 # -------------------------------------------------------------------- loop
@@ -127,6 +138,7 @@ def setup(args, info):
     r.train_ds, r.val_ds, r.cfg = build_datasets(args)
     r.batch = D.per_rank_batch(args.batch_size, info.world_size)
     net = build_ssd('train', r.cfg['min_dim'], r.cfg['num_classes'], cfg=r.cfg)
+    r.record = model_record(net, r.train_ds.classes, args.dataset, args.channel_order)
     ckpt = read_weights(args.resume) if args.resume else None
     r.notes = []
     if ckpt is None and args.pretrained:     # a trained detector, iteration 0
@@ -205,9 +217,11 @@ def _resume(r, weights):
 def save_checkpoint(r, it):
     """``checkpoint.pth`` (full state), written atomically, rank 0 only."""
     if r.info.is_main:
-        atomic_save(full_state(r.net, r.optimizer, r.scaler, it, r.schedule, r.args,
-                               r.best_map, r.policy.skipped),
-                    os.path.join(r.args.save_folder, 'checkpoint.pth'))
+        state = full_state(r.net, r.optimizer, r.scaler, it, r.schedule, r.args,
+                           r.best_map, r.policy.skipped)
+        state['record'] = r.record
+        attach_record(state['model'], r.record)
+        atomic_save(state, os.path.join(r.args.save_folder, 'checkpoint.pth'))
 
 
 def save_on_error(r, e):
@@ -230,8 +244,10 @@ def save_on_error(r, e):
 
 
 def save_weights(r, path):
+    """A weights-only snapshot (a plain state dict, as ssd.pytorch's) that
+    carries the model record in its metadata (``utils.weights``)."""
     if r.info.is_main:
-        atomic_save(r.net.state_dict(), path)
+        atomic_save(attach_record(r.net.state_dict(), r.record), path)
 
 
 def evaluate(r, it, log):

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.utils.data as tud
 
-from data.config import MEANS
+from data.config import preprocess_of
 from utils.evaluation.coco import coco_from_gt, coco_results, evaluate_coco, write_results
 from utils.evaluation.detections import Detections, GroundTruth, voc_record, write_devkit
-from utils.inference import split_detections, inference_phase
+from utils.inference import inference_phase, split_detections, unwrap
 from utils.evaluation.voc import evaluate_voc
 
 METRICS = ('voc07', 'voc12', 'coco')
@@ -57,10 +57,10 @@ class _EvalView(tud.Dataset):
     RGB unless ``channel_order`` is 'BGR'. Independent of the dataset's own
     (training) transform."""
 
-    def __init__(self, dataset, indices, size, mean, channel_order):
+    def __init__(self, dataset, indices, size, mean, channel_order, std=None):
         from data import BaseTransform
         self.dataset, self.indices = dataset, list(indices)
-        self.transform = BaseTransform(size, mean)
+        self.transform = BaseTransform(size, mean, std)
         self.rgb = channel_order == 'RGB'
 
     def __len__(self):
@@ -88,8 +88,10 @@ def image_ids(dataset, indices):
 
 
 def detect_dataset(net, dataset, device='cpu', batch_size=8, num_workers=0, conf_thresh=0.01,
-                   top_k=200, progress=False, mean=MEANS, channel_order=None, indices=None):
+                   top_k=200, progress=False, mean=None, channel_order=None, indices=None):
     """Run ``net`` over ``dataset`` (batched, under inference_mode, test phase).
+    The images are resized and normalised as the network's config says
+    (``data.config.preprocess_of``; ``mean`` overrides its mean).
 
     Returns :class:`Detections` in devkit coordinates (0-based pixels + 1),
     rounded as the devkit files hold them; ``image_ids`` follow ``indices``
@@ -98,8 +100,10 @@ def detect_dataset(net, dataset, device='cpu', batch_size=8, num_workers=0, conf
     indices = list(range(len(dataset))) if indices is None else list(indices)
     order = channel_order or getattr(dataset, 'channel_order', 'RGB')
     device = torch.device(device)
-    size = getattr(getattr(net, 'module', net), 'size', 300)
-    view = _EvalView(dataset, indices, size, mean, order)
+    plain_net = unwrap(net)
+    size = getattr(plain_net, 'size', 300)
+    cfg_mean, std = preprocess_of(getattr(plain_net, 'cfg', {}))
+    view = _EvalView(dataset, indices, size, cfg_mean if mean is None else mean, order, std)
     loader = tud.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             collate_fn=_collate, pin_memory=device.type == 'cuda')
     pos = {i: k for k, i in enumerate(indices)}
@@ -244,7 +248,7 @@ def save_outputs(results, dets, class_names, folder, set_type='test', pr_curves=
 
 def evaluate_model(net, dataset, device='cpu', batch_size=8, num_workers=0, metrics=('voc07',),
                    conf_thresh=0.01, top_k=200, progress=False, save_folder=None,
-                   set_type='test', mean=MEANS, channel_order=None, num_images=None,
+                   set_type='test', mean=None, channel_order=None, num_images=None,
                    verbose=False):
     """Evaluate ``net`` (either phase; restored afterwards) on ``dataset``.
 

@@ -20,8 +20,11 @@ import argparse
 
 import torch.nn as nn
 
-#: Module names ``--freeze`` accepts (the SSD's top-level parts).
-FREEZABLE = ('vgg', 'L2Norm', 'extras', 'loc', 'conf')
+#: Module names ``--freeze`` accepts (the SSD's top-level parts): VGG16's
+#: lists; ``trunk``, the ImageNet part of any backbone (``net.vgg`` for
+#: VGG16); ``backbone``, everything before the heads (VGG16: vgg, L2Norm and
+#: extras). Another backbone's ``extras`` are ``net.backbone.extras``.
+FREEZABLE = ('vgg', 'L2Norm', 'extras', 'loc', 'conf', 'backbone', 'trunk')
 
 
 def parse_freeze(value):
@@ -44,17 +47,31 @@ def freeze(net, names):
     """Keep the parameters of the modules ``names`` (see :data:`FREEZABLE`)
     of ``net`` fixed: ``requires_grad = False``, BatchNorm momentum 0 (the
     running statistics stay). Returns the number of frozen parameters
-    (elements)."""
+    (elements; each counted once when names overlap, as trunk and vgg)."""
     count = 0
     for name in names:
-        module = getattr(net, name)
+        module = _part(net, name)
         for p in module.parameters():
+            count += p.numel() if p.requires_grad else 0
             p.requires_grad_(False)
-            count += p.numel()
         for m in module.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = 0.0
     return count
+
+
+def _part(net, name):
+    """The module ``--freeze NAME`` names in ``net`` (see :data:`FREEZABLE`)."""
+    if name == 'trunk':
+        return net.trunk()
+    if name == 'backbone' and hasattr(net, 'vgg'):
+        return nn.ModuleList([net.vgg, net.L2Norm, net.extras])
+    if name == 'extras' and not hasattr(net, 'vgg') and hasattr(net.backbone, 'extras'):
+        return net.backbone.extras
+    if not hasattr(net, name):
+        raise ValueError(f'--freeze {name}: a {net.backbone_name} SSD has no {name} '
+                         '(its parts: backbone, trunk, extras, loc, conf)')
+    return getattr(net, name)
 
 
 def init_from_pretrained(net, weights):

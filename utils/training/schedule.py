@@ -82,7 +82,15 @@ def init_weights(net, from_scratch=False, head_std=None):
     scratch. BatchNorm layers keep weight 1, bias 0. ``head_std`` gives
     the loc/conf heads small normal weights instead (the shapes preset: its
     first losses are then those of a uniform guess, not of large random
-    logits on the L2Norm-scaled conv4_3 features)."""
+    logits on the L2Norm-scaled conv4_3 features). Another backbone
+    (:mod:`layers.backbones`) keeps the initialisation it was built with
+    (torchvision's, NVIDIA's); only ``head_std`` applies."""
+    if not hasattr(net, 'vgg'):
+        if head_std:
+            for m in list(net.loc.modules()) + list(net.conf.modules()):
+                if isinstance(m, nn.Conv2d):
+                    nn.init.normal_(m.weight, std=head_std)
+        return
     parts = [net.extras, net.loc, net.conf] + ([net.vgg] if from_scratch else [])
     for part in parts:
         for m in part.modules():
