@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from data import VOC_ROOT
-from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script, str2bool
+from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script, size_flag, str2bool
 
 
 def parse_args(argv=None):
@@ -43,8 +43,8 @@ def parse_args(argv=None):
     p.add_argument('--set_type', default=None,
                    help='Image set (default: VOC test, shapes val, COCO val2017 else val2014, '
                         'custom val else test)')
-    p.add_argument('--size', default=None, type=int, choices=[300, 512],
-                   help='SSD300 or SSD512 (default: from the checkpoint)')
+    p.add_argument('--size', default=None, type=size_flag,
+                   help='input size (default: the one the file records, else SSD300 or SSD512 from its shapes)')
     p.add_argument('--metric', default=None,
                    help='Comma-separated voc07,voc12,coco (default voc07; COCO: coco)')
     p.add_argument('--json', default=None, help='Write the chosen metrics to this JSON file')

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from data import VOC_ROOT
-from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script
+from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script, size_flag
 
 
 def parse_args(argv=None):
@@ -36,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument('--set_type', default=None,
                    help='Image set without --input (default: VOC test, shapes val, COCO '
                         'val2017 else val2014, custom val else test)')
-    p.add_argument('--size', default=None, type=int, choices=[300, 512])
+    p.add_argument('--size', default=None, type=size_flag,
+                   help='input size (default: the one the file records, else from its shapes)')
     p.add_argument('--batch_size', default=8, type=int)
     p.add_argument('--top_k', default=200, type=int, help='Detections kept per class')
     p.add_argument('--channel_order', default=None, choices=['RGB', 'BGR'])

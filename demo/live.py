@@ -25,7 +25,7 @@ import cv2
 if __package__ in (None, ''):     # `python demo/live.py` (ssd.pytorch's command) from the root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script  # noqa: E402
+from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script, size_flag  # noqa: E402
 
 _END = object()
 DEFAULT_WEIGHTS = ('weights/ssd300_mAP_77.43_v2.pth', 'weights/ssd_300_VOC0712.pth')
@@ -176,7 +176,7 @@ def parse_args(argv=None):
     p.add_argument('--source', default='0', help='camera index (default 0) or video file')
     p.add_argument('--output', default=None, help='write the drawn video here (.mp4 or .avi)')
     p.add_argument('--no_display', action='store_true', help='no window (headless machines)')
-    p.add_argument('--size', type=int, default=None, choices=(300, 512),
+    p.add_argument('--size', type=size_flag, default=None,
                    help='override the input size inferred from the weights')
     add_dataset_flag(p, help='override the model/classes inferred from the weights')
     p.add_argument('--channel_order', default=None, choices=('RGB', 'BGR'),

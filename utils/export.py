@@ -251,11 +251,11 @@ def same_detections(a, b, tol=1e-4):
 
 
 def main(argv=None):
-    from utils.engine.cli import add_dataset_flag
+    from utils.engine.cli import add_dataset_flag, size_flag
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--trained_model', required=True, help='weight file (any that eval.py reads)')
     p.add_argument('--out', default=None, help='ONNX file (default: the weight file\'s name, .onnx)')
-    p.add_argument('--size', default=None, type=int, choices=[300, 512],
+    p.add_argument('--size', default=None, type=size_flag,
                    help='model size (default: inferred from the file)')
     add_dataset_flag(p, help='what the model was trained on (default: inferred from the file)')
     p.add_argument('--top_k', default=200, type=int, help='detections kept per class (default 200)')

@@ -52,6 +52,25 @@ def dataset_flag(v):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def size_flag(v):
+    """argparse type of ``--size``: 300, or a multiple of 32 from 256 to
+    1024 (``data.config.check_size``)."""
+    from data.config import check_size
+    try:
+        return check_size(int(v))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def backbone_flag(v):
+    """argparse type of ``--backbone``: one of ``data.config.BACKBONES``."""
+    from data.config import backbone_name
+    try:
+        return backbone_name(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_dataset_flag(parser, default=None, help='dataset'):
     parser.add_argument('--dataset', default=default, type=dataset_flag, metavar='{%s}'
                         % ','.join(DATASETS), help=help)

@@ -19,7 +19,8 @@ from data.config import (BACKBONES, DEFAULT_BASENETS, DEFAULT_SIZES, eval_splits
                          schedule_config, schedule_defaults, shapes_preset,
                          shapes as SHAPES_CFG)
 from data.augmentations import AUGMENTS
-from utils.engine.cli import add_cuda_flag, add_dataset_flag, str2bool
+from utils.engine.cli import (add_cuda_flag, add_dataset_flag, backbone_flag,  # noqa: F401
+                              size_flag, str2bool)
 from utils.training.finetune import parse_freeze
 
 #: Flags whose defaults come from the dataset's schedule.
@@ -35,25 +36,6 @@ class RunConfig(argparse.Namespace):
     the validation splits tried in order (empty when ``eval_every`` is 0 or
     ``--val_set none``); ``train_sets`` is a tuple of image-set names.
     Build it with :func:`resolve_run_config` or :func:`parse_run_config`."""
-
-
-def size_flag(v):
-    """argparse type of ``--size``: 300, or a multiple of 32 from 256 to
-    1024 (``data.config.check_size``)."""
-    from data.config import check_size
-    try:
-        return check_size(int(v))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def backbone_flag(v):
-    """argparse type of ``--backbone``: one of ``data.config.BACKBONES``."""
-    from data.config import backbone_name
-    try:
-        return backbone_name(v)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def int_list(v):
