@@ -113,9 +113,10 @@ def build_parser():
       help='input size: 300 or 512 (the paper\'s SSD300 / SSD512), or any multiple of 32 from '
            '256 to 1024 (the priors follow SSD\'s rule at that size; the feature maps come from '
            'the network) (default: the backbone\'s: 300, SSDlite 320; the shapes preset\'s 160)')
-    a('--backbone', default='vgg16', type=backbone_flag, metavar='{%s}' % ','.join(BACKBONES),
+    a('--backbone', default=None, type=backbone_flag, metavar='{%s}' % ','.join(BACKBONES),
       help='the network: vgg16 (the paper\'s), mobilenet_v3_large / mobilenet_v2 (SSDlite320), '
-           'resnet50 (NVIDIA\'s SSD300 v1.1)')
+           'resnet50 (NVIDIA\'s SSD300 v1.1) (default: the one the --resume or --pretrained file '
+           'records, else vgg16)')
     a('--priors', default=None,
       help='a JSON prior config (min/max sizes and aspect ratios per source, as `python -m '
            'data.priors` writes it) instead of the backbone\'s; the weight files record it')
@@ -205,6 +206,12 @@ def resolve_run_config(args):
     flags that cannot work together."""
     c = RunConfig(**vars(args))
     shapes = c.dataset == 'shapes'
+    if c.resume == 'auto':        # elastic restarts: continue when a checkpoint exists
+        ckpt = os.path.join(c.save_folder, 'checkpoint.pth')
+        c.resume = ckpt if os.path.isfile(ckpt) else None
+        if c.resume and getattr(c, 'pretrained', None):
+            c.pretrained = None   # the checkpoint continues the run it started
+    _model_from_file(c)
     if c.size is None:                      # the preset's or the backbone's own size
         c.size = shapes_preset(c.backbone)['min_dim'] if shapes else DEFAULT_SIZES[c.backbone]
     if c.priors is not None and not os.path.isfile(c.priors):
@@ -218,11 +225,6 @@ def resolve_run_config(args):
         if getattr(c, k, None) is None:
             setattr(c, k, d[k])
     c.lr_steps = tuple(int(s) for s in (d['lr_steps'] if c.lr_steps is None else c.lr_steps))
-    if c.resume == 'auto':        # elastic restarts: continue when a checkpoint exists
-        ckpt = os.path.join(c.save_folder, 'checkpoint.pth')
-        c.resume = ckpt if os.path.isfile(ckpt) else None
-        if c.resume and getattr(c, 'pretrained', None):
-            c.pretrained = None   # the checkpoint continues the run it started
     _resolve_pretrained(c)
     c.freeze = tuple(c.freeze or ())
     if c.basenet is None:
@@ -286,6 +288,22 @@ def _custom_schedule(c, batch_size):
     except (ValueError, OSError):   # the trainer opens it and says what is wrong, in one line
         return {}
     return scaled_schedule(n, batch_size, c.max_iter)
+
+
+def _model_from_file(c):
+    """--backbone and --size not given: those that the --resume file (else
+    the --pretrained one) records, so that a run continues or fine-tunes the
+    model it starts from; else vgg16 and the backbone's size."""
+    path = c.resume or c.pretrained
+    rec = None
+    if path and os.path.isfile(path) and (c.backbone is None or c.size is None):
+        from utils.weights import read_weights
+        rec = read_weights(path).record
+    cfg = (rec or {}).get('cfg', {})
+    if c.backbone is None:
+        c.backbone = cfg.get('backbone', 'vgg16')
+    if c.size is None and cfg.get('backbone', 'vgg16') == c.backbone and cfg.get('min_dim'):
+        c.size = int(cfg['min_dim'])
 
 
 def _resolve_pretrained(c):
