@@ -5,6 +5,7 @@
     python eval.py --detections results/ --voc_root ~/data/VOCdevkit --metric voc07,voc12
     python eval.py --detections dets.json --dataset COCO --ann_file instances_val2017.json
     python eval.py --trained_model W --dataset custom --dataset_root mydata --set test
+    python eval.py --onnx W_int8.onnx --dataset shapes      # an exported file (or W.xml)
 
 The flags of ssd.pytorch's eval.py keep their meaning; see doc/evaluation.md.
 """
@@ -61,6 +62,12 @@ def parse_args(argv=None):
     p.add_argument('--bgr', action='store_true', help='Same as --channel_order BGR')
     p.add_argument('--pr_curves', default=True, type=str2bool,
                    help='Write <class>_pr.png and pr_curves.png into --save_folder')
+    p.add_argument('--onnx', default=None, metavar='FILE',
+                   help='Evaluate this exported file (python -m utils.export: .onnx, or an '
+                        'OpenVINO .xml) instead of --trained_model; its size, preprocessing '
+                        'and classes are in the file')
+    p.add_argument('--backend', default=None, choices=['onnxruntime', 'openvino'],
+                   help='What runs --onnx (default: openvino for .xml, else onnxruntime)')
     p.add_argument('--set', '--val_set', dest='image_set', default=None,
                    help='Image set, spelled as train.py\'s --val_set: VOC 2007_test (sets '
                         '--year and --set_type), COCO val2017, custom val or test')

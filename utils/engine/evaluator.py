@@ -49,6 +49,8 @@ def evaluate_network(args, metrics):
     """Run the network of --trained_model over the dataset; return
     (results, dets, gt, set name)."""
     from utils.weights import build_from_weights, read_weights
+    if getattr(args, 'onnx', None):
+        return evaluate_exported(args, metrics)
     device = select_device(args.cuda)
     weights = read_weights(args.trained_model)
     name = resolve_dataset(args, weights)
@@ -66,6 +68,34 @@ def evaluate_network(args, metrics):
     dets = detect_dataset(net, dataset, device, args.batch_size, args.num_workers,
                           args.confidence_threshold, args.top_k, progress=True,
                           channel_order=order, indices=indices)
+    print('Evaluating detections')
+    coco = coco_target(dataset, gt, indices) if 'coco' in metrics else None
+    return evaluate_detections(dets, gt, metrics, coco), dets, gt, split
+
+
+def evaluate_exported(args, metrics):
+    """Run an exported file (--onnx: .onnx, or an OpenVINO .xml; --backend)
+    over the dataset, as :func:`evaluate_network` runs a network; its size,
+    preprocessing, classes and dataset come from the file's metadata."""
+    from utils.export import open_exported
+    runner = open_exported(args.onnx, getattr(args, 'backend', None),
+                           channel_order='BGR' if args.bgr else args.channel_order,
+                           conf_thresh=args.confidence_threshold, batch_size=args.batch_size)
+    try:
+        name = dataset_name(args.dataset or runner.dataset or 'VOC')
+    except ValueError as e:
+        raise EvalInputError(str(e)) from None
+    dataset, split = open_dataset(name, args)
+    if len(dataset.classes) + 1 != runner.num_classes:
+        raise EvalInputError(f'{args.onnx}: {runner.num_classes} classes with background, '
+                             f'the {name} set has {len(dataset.classes) + 1}')
+    print(f'Finished loading model! ({args.onnx}: {runner.backend}, {runner.meta.get("precision", "fp32")}, '
+          f'SSD{runner.size}, {runner.num_classes} classes, {runner.channel_order} input)')
+    n = len(dataset) if not args.num_images else min(args.num_images, len(dataset))
+    indices = range(n)
+    gt = ground_truth(dataset, indices).require_scorable()
+    dets = detect_dataset(runner, dataset, 'cpu', args.batch_size, args.num_workers,
+                          args.confidence_threshold, progress=True, indices=indices)
     print('Evaluating detections')
     coco = coco_target(dataset, gt, indices) if 'coco' in metrics else None
     return evaluate_detections(dets, gt, metrics, coco), dets, gt, split

@@ -91,24 +91,36 @@ def detect_dataset(net, dataset, device='cpu', batch_size=8, num_workers=0, conf
                    top_k=200, progress=False, mean=None, channel_order=None, indices=None):
     """Run ``net`` over ``dataset`` (batched, under inference_mode, test phase).
     The images are resized and normalised as the network's config says
-    (``data.config.preprocess_of``; ``mean`` overrides its mean).
+    (``data.config.preprocess_of``; ``mean`` overrides its mean). ``net``
+    may also be a :class:`utils.inference.Predictor` (e.g. an exported
+    file's runner, ``utils.export.open_exported``): its size, mean, std,
+    channel order and ``forward`` are used (its top_k and thresholds are
+    the file's; ``conf_thresh`` still filters).
 
     Returns :class:`Detections` in devkit coordinates (0-based pixels + 1),
     rounded as the devkit files hold them; ``image_ids`` follow ``indices``
     (default: every image)."""
     from tqdm import tqdm
+    import contextlib
+    from utils.inference import Predictor
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    order = channel_order or getattr(dataset, 'channel_order', 'RGB')
     device = torch.device(device)
-    plain_net = unwrap(net)
-    size = getattr(plain_net, 'size', 300)
-    cfg_mean, std = preprocess_of(getattr(plain_net, 'cfg', {}))
+    if isinstance(net, Predictor):      # a runner (an exported file: utils.export.open_exported)
+        size, cfg_mean, std = net.size, net.mean, net.std
+        order = channel_order or net.channel_order
+        phase = contextlib.nullcontext(net.forward)
+    else:
+        order = channel_order or getattr(dataset, 'channel_order', 'RGB')
+        plain_net = unwrap(net)
+        size = getattr(plain_net, 'size', 300)
+        cfg_mean, std = preprocess_of(getattr(plain_net, 'cfg', {}))
+        phase = inference_phase(net, conf_thresh, top_k)
     view = _EvalView(dataset, indices, size, cfg_mean if mean is None else mean, order, std)
     loader = tud.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             collate_fn=_collate, pin_memory=device.type == 'cuda')
     pos = {i: k for k, i in enumerate(indices)}
     img, lab, sc, bx = [], [], [], []
-    with inference_phase(net, conf_thresh, top_k) as plain, torch.inference_mode(), \
+    with phase as plain, torch.inference_mode(), \
             tqdm(total=len(view), desc='im_detect', unit='img', disable=not progress) as bar:
         for x, idx, hw in loader:
             out = plain(x.to(device, non_blocking=True))
