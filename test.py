@@ -3,6 +3,7 @@
     python test.py --trained_model weights/ssd300_mAP_77.43_v2.pth          # VOC07 test -> eval/test1.txt
     python test.py --trained_model weights/ssd300_mAP_77.43_v2.pth --input photos/ clip.mp4 --save_folder out/
     python test.py --onnx ssd300.onnx --input photos/      # a file from python -m utils.export, onnxruntime
+    python test.py --onnx ssd300.xml --input photos/       # an OpenVINO IR (--backend openvino)
 
 Without --input it does ssd.pytorch's job: ``<save_folder>/test1.txt`` with the
 ground truth and the predictions above --visual_threshold for every VOC test
@@ -43,8 +44,11 @@ def parse_args(argv=None):
     p.add_argument('--channel_order', default=None, choices=['RGB', 'BGR'])
     p.add_argument('--bgr', action='store_true', help='Same as --channel_order BGR')
     p.add_argument('--onnx', default=None,
-                   help='Run this ONNX file (python -m utils.export) with onnxruntime instead '
-                        'of --trained_model; its size, classes and channel order are in the file')
+                   help='Run this exported file (python -m utils.export: .onnx, or an OpenVINO '
+                        '.xml) instead of --trained_model; its size, classes and channel order '
+                        'are in the file')
+    p.add_argument('--backend', default=None, choices=['onnxruntime', 'openvino'],
+                   help='What runs --onnx (default: openvino for .xml, else onnxruntime)')
     return p.parse_args(argv)
 
 
@@ -63,9 +67,10 @@ def run(args):
     from utils.inference import Predictor
     from utils.weights import build_from_weights, dataset_of, read_weights
     device = select_device(args.cuda)
-    if args.onnx:             # an exported file, run by onnxruntime (utils.export)
-        from utils.export import OnnxPredictor
-        predictor = OnnxPredictor(args.onnx, device, 'BGR' if args.bgr else args.channel_order,
+    if args.onnx:             # an exported file, onnxruntime or OpenVINO (utils.export)
+        from utils.export import open_exported
+        predictor = open_exported(args.onnx, args.backend, device,
+                                  'BGR' if args.bgr else args.channel_order,
                                   min(0.01, args.visual_threshold), args.batch_size)
         name, names = args.dataset or predictor.dataset or 'VOC', predictor.classes
     else:

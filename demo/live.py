@@ -4,6 +4,7 @@
     python demo/live.py                                  # the same (ssd.pytorch's command)
     python -m demo.live --weights weights/ssd300_mAP_77.43_v2.pth --source clip.mp4 \\
         --output out.mp4 --no_display                     # headless, writes the drawn video
+    python -m demo.live --onnx ssd300_int8.onnx --source clip.mp4   # an exported file (or .xml)
 
 The model (SSD300, SSD512, the shapes preset; the classes) and its channel
 order are taken from the weight file (``utils.weights.build_from_weights``);
@@ -173,6 +174,11 @@ def parse_args(argv=None):
     p.add_argument('--weights', default=None,
                    help='trained weights: ssd.pytorch files, our snapshots or checkpoints '
                         f'(default: the first of {", ".join(DEFAULT_WEIGHTS)} present)')
+    p.add_argument('--onnx', default=None, metavar='FILE',
+                   help='run this exported file (python -m utils.export: .onnx, or an OpenVINO '
+                        '.xml) instead of --weights; its size and classes are in the file')
+    p.add_argument('--backend', default=None, choices=('onnxruntime', 'openvino'),
+                   help='what runs --onnx (default: openvino for .xml, else onnxruntime)')
     p.add_argument('--source', default='0', help='camera index (default 0) or video file')
     p.add_argument('--output', default=None, help='write the drawn video here (.mp4 or .avi)')
     p.add_argument('--no_display', action='store_true', help='no window (headless machines)')
@@ -197,7 +203,7 @@ def main(argv=None):
 def _main(args):
     from utils.engine.cli import select_device
     device = select_device(args.cuda)
-    if args.weights is None:
+    if args.weights is None and not args.onnx:
         args.weights = next((w for w in DEFAULT_WEIGHTS if os.path.isfile(w)), None)
         if args.weights is None:
             raise OSError(f'no weights given and none of {", ".join(DEFAULT_WEIGHTS)} '
@@ -207,10 +213,20 @@ def _main(args):
     source = int(args.source) if args.source.isdigit() else args.source
     if isinstance(source, str) and not os.path.exists(source) and '://' not in source:
         raise OSError(f'--source {source}: no such file')
-    net, classes, order = build_from_weights(args.weights, 'test', size=args.size,
-                                             dataset=args.dataset,
-                                             channel_order=args.channel_order, device=device,
-                                             conf_thresh=args.thresh)
+    if args.onnx:         # an exported file (utils.export), onnxruntime or OpenVINO
+        from utils.export import open_exported
+        predictor = open_exported(args.onnx, args.backend, channel_order=args.channel_order,
+                                  conf_thresh=args.thresh)
+        classes, order, device = predictor.classes, predictor.channel_order, 'cpu'
+        what = f'{args.onnx}: {predictor.backend}, SSD{predictor.size}'
+    else:
+        net, classes, order = build_from_weights(args.weights, 'test', size=args.size,
+                                                 dataset=args.dataset,
+                                                 channel_order=args.channel_order,
+                                                 device=device, conf_thresh=args.thresh)
+        predictor = Predictor(net, net.size, device=device, channel_order=order,
+                              conf_thresh=args.thresh)
+        what = f'{args.weights}: {net.cfg["name"]} at {net.size}'
     try:
         capture = ThreadedCapture(source)
     except OSError:
@@ -225,9 +241,8 @@ def _main(args):
             os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
         print('warning: no display found; running as with --no_display', file=sys.stderr)
         display = False
-    print(f'{args.weights}: {net.cfg["name"]} at {net.size}, {len(classes)} classes, '
-          f'{order} input; source {source} on {device.type}')
-    predictor = Predictor(net, net.size, device=device, channel_order=order, conf_thresh=args.thresh)
+    print(f'{what}, {len(classes)} classes, {order} input; source {source} on '
+          f'{getattr(device, "type", device)}')
     old = signal.signal(signal.SIGTERM, signal.default_int_handler)
     t0 = time.perf_counter()
     try:

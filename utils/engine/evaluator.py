@@ -89,7 +89,8 @@ def evaluate_exported(args, metrics):
     if len(dataset.classes) + 1 != runner.num_classes:
         raise EvalInputError(f'{args.onnx}: {runner.num_classes} classes with background, '
                              f'the {name} set has {len(dataset.classes) + 1}')
-    print(f'Finished loading model! ({args.onnx}: {runner.backend}, {runner.meta.get("precision", "fp32")}, '
+    precision = runner.meta.get('precision', 'fp32')
+    print(f'Finished loading model! ({args.onnx}: {runner.backend}, {precision}, '
           f'SSD{runner.size}, {runner.num_classes} classes, {runner.channel_order} input)')
     n = len(dataset) if not args.num_images else min(args.num_images, len(dataset))
     indices = range(n)
