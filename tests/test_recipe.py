@@ -36,7 +36,7 @@ def ours(voc, tmp_path_factory):
     root, w, _ = voc
     out = tmp_path_factory.mktemp('ours')
     mp = pytest.MonkeyPatch()
-    mp.setattr(trainer, 'config_for', lambda n, size: dict(recipe.SMALL, num_classes=n))
+    mp.setattr(trainer, 'model_config', lambda d, n, size=None, backbone=None: dict(recipe.SMALL, num_classes=n))
     try:
         argv = recipe.ours_argv(root, w, str(out), LR, 2, STEPS, LR_STEPS)
         assert train.main(argv + ['--log_every', '1']) == 0
