@@ -292,7 +292,7 @@ def source_sizes(cfg):
     with torch.device('meta'):
         base, extras, head = _modules(probe, probe['num_classes'])
         net = SSD('train', size, base, extras, head, probe['num_classes'], probe,
-                  winograd=False)
+                  winograd=False).eval()          # BatchNorm on 1x1 maps needs eval
         try:
             maps = net.sources(torch.empty(1, 3, size, size))
         except RuntimeError as e:
