@@ -143,6 +143,17 @@ def atomic_save(obj, path):
     A full disk or an unwritable folder raises :class:`SaveError` (one line:
     the folder and the cause); ``path`` is then untouched and the temporary
     file removed."""
+    _atomic_write(path, lambda w: torch.save(obj, w))
+
+
+def atomic_write_text(text, path):
+    """Write the str ``text`` (UTF-8) to ``path`` as :func:`atomic_save` does
+    (a temporary file beside it, then rename; :class:`SaveError`)."""
+    data = text.encode('utf-8')
+    _atomic_write(path, lambda w: w.write(data))
+
+
+def _atomic_write(path, dump):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
@@ -153,7 +164,7 @@ def atomic_save(obj, path):
         with os.fdopen(fd, 'wb') as f:
             w = _Writer(f)
             try:
-                torch.save(obj, w)
+                dump(w)
             except RuntimeError:
                 if w.error is not None:
                     raise w.error from None

@@ -20,7 +20,7 @@ from data.config import (BACKBONES, DEFAULT_BASENETS, DEFAULT_SIZES, eval_splits
                          shapes as SHAPES_CFG)
 from data.augmentations import AUGMENTS
 from utils.engine.cli import (add_cuda_flag, add_dataset_flag, backbone_flag,  # noqa: F401
-                              size_flag, str2bool)
+                              cuda_request, size_flag, str2bool)
 from utils.training.finetune import parse_freeze
 
 #: Flags whose defaults come from the dataset's schedule.
@@ -178,6 +178,13 @@ def build_parser():
     a('--tensorboard', default=None,
       help='write TensorBoard scalars (losses, lr, img/s, the validation metric) to this '
            'folder; True: <save_folder>/tensorboard (default: none)')
+    a('--mlflow', default=None, nargs='?', const='True',
+      help='log the same scalars to MLflow, with the settings as parameters (pip install '
+           'mlflow); alone or True: a local store in <save_folder>/mlruns (no server); or a '
+           'tracking URI (file:, sqlite:, http:) (default: none)')
+    a('--config', default=None,
+      help='replay a run: the config.json train.py wrote into its --save_folder; flags '
+           'given beside it override it (doc/training.md, "Replaying a run")')
     # fine-tuning, image sets, gradient accumulation (doc/training.md)
     a('--pretrained', default=None,
       help='start from a trained detector (ssd.pytorch\'s, ours, or converted from '
@@ -235,8 +242,10 @@ def resolve_run_config(args):
         c.num_workers = 0 if shapes else default_workers()
     if c.threads is None:
         c.threads = torch.get_num_threads()
+    c.cuda, index = cuda_request(c.cuda, getattr(c, 'device', None))  # --cuda / --device
     if c.cuda is None:            # the device rule (utils.engine.cli.select_device)
         c.cuda = torch.cuda.is_available()
+    c.device = 'cpu' if not c.cuda else 'cuda' if index is None else f'cuda:{index}'
     if shapes:
         from data.shapes import DEFAULT_SIZES as SPLIT_SIZES
         preset = shapes_preset(c.backbone)    # the demo's recipe may set it
@@ -255,6 +264,9 @@ def resolve_run_config(args):
             c.tensorboard = os.path.join(c.save_folder, 'tensorboard')
         elif flag in ('false', 'no', '0', 'none', ''):
             c.tensorboard = None
+    if c.mlflow is not None:            # a tracking URI; True: <save_folder>/mlruns; False: off
+        from utils.training.logger import mlflow_uri
+        c.mlflow = mlflow_uri(c.mlflow, c.save_folder)
     if c.val_set is None:
         c.val_splits = tuple(eval_splits(c.dataset)) if c.eval_every else ()
     else:
@@ -335,5 +347,15 @@ def _check_accum(c):
 
 def parse_run_config(argv=None):
     """Parse ``argv`` (None: sys.argv) and resolve it: the :class:`RunConfig`
-    of ``python train.py ARGV``."""
-    return resolve_run_config(build_parser().parse_args(argv))
+    of ``python train.py ARGV``; with ``--config FILE``, the recorded run
+    with ``argv``'s flags over it (``utils.engine.replay``). ``argv`` (its
+    flags as given) is kept as ``config.argv`` for ``config.json``."""
+    import sys
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.config:
+        from utils.engine.replay import replay
+        return replay(args.config, argv, build_parser, resolve_run_config)
+    c = resolve_run_config(args)
+    c.argv = argv
+    return c

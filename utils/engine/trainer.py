@@ -8,6 +8,7 @@ iteration loop (lr, forward/backward, NaN policy, step, logs, snapshots,
 evaluation), then the final weights, checkpoint and loss plot.
 """
 import errno
+import json
 import math
 import os
 import sys
@@ -22,7 +23,7 @@ from utils.training import distributed as D
 from utils.checkpoint import CheckpointError, SaveError, atomic_save, load_into, remove_stale_temp
 from utils.weights import attach_record, load_weights, model_record, read_weights
 from utils.training.lock import SaveFolderLock
-from utils.training.logger import TrainLogger, VisdomPlotter, plot_loss_curves
+from utils.training.logger import MLflowWriter, TrainLogger, VisdomPlotter, plot_loss_curves
 from data.loader import make_loader, seed_all
 from utils.training.schedule import init_weights, lr_at, make_optimizer, set_lr
 from utils.training.state import (full_state, get_rng_state, is_full_checkpoint,
@@ -290,13 +291,16 @@ def train(args):
     ``args`` says (build it with ``resolve_run_config``); return the
     :class:`Run` (status 'finished' or 'interrupted'). Raises NonFiniteLoss /
     CheckpointError / ValueError with one-line messages."""
-    info = D.init_distributed(args.cuda)
+    from utils.engine.cli import device_index
+    info = D.init_distributed(args.cuda, device_index(getattr(args, 'device', None)))
     lock = None
     try:
         if info.is_main:          # one run per save folder (utils.training.lock)
             lock = SaveFolderLock(args.save_folder).acquire()
             remove_stale_temp(args.save_folder)
         r = setup(args, info)
+        if info.is_main:          # the run's settings, replayable (utils.engine.replay)
+            write_run_config(r)
         _loop(r)
         return r
     finally:
@@ -305,13 +309,48 @@ def train(args):
         D.cleanup()
 
 
+def write_run_config(r):
+    """``<save_folder>/config.json``: every resolved setting, the model config,
+    the schedule, versions, git commit and command line (``utils.engine.replay``);
+    a model config other than the replayed record's is said in one line."""
+    from utils.engine import replay
+    from utils.engine.run_config import build_parser
+    old = getattr(r.args, 'replayed_from', None)
+    if old and os.path.isfile(old):
+        with open(old) as f:
+            was = json.load(f).get('model')
+        now = replay._plain(r.cfg)
+        diff = sorted(k for k in set(was or {}) | set(now) if (was or {}).get(k) != now.get(k))
+        if was is not None and diff:
+            r.notes.append(f'the model config differs from {old} in: {", ".join(diff)}')
+    replay.write(r.args, build_parser(), r.cfg, r.schedule)
+
+
+def _mlflow(r):
+    """The :class:`MLflowWriter` of ``--mlflow`` (rank 0), the settings as
+    parameters, or None."""
+    args = r.args
+    if not getattr(args, 'mlflow', None) or not r.info.is_main:
+        return None
+    from utils.engine import replay
+    from utils.engine.run_config import build_parser
+    rec = replay.record(args, build_parser(), r.cfg, r.schedule)
+    params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v
+              for k, v in rec['settings'].items()}
+    tags = dict(rec['versions'], git_commit=rec['git_commit'], start_iter=r.start_iter,
+                save_folder=os.path.abspath(args.save_folder))
+    return MLflowWriter(args.mlflow, params, {f'ssd.{k}': v for k, v in tags.items()},
+                        run_name=os.path.basename(os.path.abspath(args.save_folder)))
+
+
 def _loop(r):
     args, info = r.args, r.info
     vis = VisdomPlotter(args.visdom_server, args.visdom_port, args.visdom_env) \
         if args.visdom and info.is_main else None
     log = TrainLogger(args.save_folder, r.start_iter, args.max_iter, args.log_every,
                       vis, enabled=info.is_main, progress=not args.quiet,
-                      tensorboard=args.tensorboard if info.is_main else None)
+                      tensorboard=args.tensorboard if info.is_main else None,
+                      mlflow=_mlflow(r))
     _describe(r, log)
     D.check_same(r.start_iter, 'the iteration to start at', info.device)
     say = log.write if info.is_main else \
@@ -341,7 +380,7 @@ def _loop(r):
     finally:
         if r.bad.summary():
             say(r.bad.summary())
-        log.close()
+        log.close(r.status)
     if info.is_main and log.enabled:
         plot_loss_curves(log.csv_path, os.path.join(args.save_folder, 'loss.png'),
                          f"SSD{r.cfg['min_dim']} on {args.dataset}")

@@ -41,8 +41,9 @@ def env_world_size():
     return int(os.environ.get('WORLD_SIZE', '1'))
 
 
-def choose_device(cuda=None, local_rank=0):
-    """CUDA (GPU ``local_rank``) when available and not refused, else CPU.
+def choose_device(cuda=None, local_rank=0, index=None):
+    """CUDA (GPU ``local_rank``, or ``index`` from ``--device cuda:N``) when
+    available and not refused, else CPU.
 
     ``cuda``: None picks automatically; False forces the CPU; True asks for
     CUDA and raises a one-line error when there is none."""
@@ -51,18 +52,26 @@ def choose_device(cuda=None, local_rank=0):
     elif cuda and not torch.cuda.is_available():
         raise ValueError('--cuda True but no CUDA device is available '
                            '(run with --cuda False, or leave --cuda out)')
+    if cuda and index is not None and index >= torch.cuda.device_count():
+        raise ValueError(f'--device cuda:{index} but there are {torch.cuda.device_count()} '
+                         'CUDA devices')
     if cuda:
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(local_rank % torch.cuda.device_count() if index is None else index)
         return torch.device('cuda', torch.cuda.current_device())
     return torch.device('cpu')
 
 
-def init_distributed(cuda=None):
+def init_distributed(cuda=None, index=None):
     """Initialise the process group when launched by torchrun (``WORLD_SIZE``
-    > 1); return a :class:`DistInfo`. NCCL on CUDA, gloo on CPU."""
+    > 1); return a :class:`DistInfo`. NCCL on CUDA, gloo on CPU. ``index``
+    (``--device cuda:N``) is for one process: under torchrun each process
+    takes GPU LOCAL_RANK."""
     world_size = env_world_size()
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    device = choose_device(cuda, local_rank)
+    if index is not None and world_size > 1:
+        raise ValueError(f'--device cuda:{index} is for one process; under torchrun each '
+                         'process uses GPU LOCAL_RANK (--device cuda)')
+    device = choose_device(cuda, local_rank, index)
     if world_size <= 1:
         return DistInfo(0, 1, 0, device)
     backend = 'nccl' if device.type == 'cuda' else 'gloo'

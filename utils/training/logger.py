@@ -1,5 +1,5 @@
-"""Training logs: a progress bar, ``metrics.csv``, visdom, TensorBoard and
-the loss plot.
+"""Training logs: a progress bar, ``metrics.csv``, visdom, TensorBoard,
+MLflow and the loss plot.
 
 - :class:`TrainLogger`: a tqdm bar over the iterations (ETA, ``loss_l``,
   ``loss_c``, lr, img/s), one ``metrics.csv`` row every ``log_every``
@@ -10,6 +10,8 @@ the loss plot.
   cannot be reached it warns once and training goes on.
 - :class:`TensorBoardWriter`: the same values as TensorBoard scalars
   (``--tensorboard DIR``, then ``tensorboard --logdir DIR``).
+- :class:`MLflowWriter`: the same scalars to an MLflow run, the settings
+  as its parameters (``--mlflow``: a local ``<save_folder>/mlruns``, no server).
 - :func:`plot_loss_curves`: ``loss_l``, ``loss_c`` and the total against the
   iteration, from ``metrics.csv``, as a PNG (matplotlib, no display needed).
 """
@@ -128,6 +130,82 @@ class TensorBoardWriter:
         self.writer.close()
 
 
+def mlflow_uri(value, save_folder):
+    """``--mlflow``'s tracking URI: True (or yes/1) -> a local store,
+    ``file:<save_folder>/mlruns``; False (no/0/none) -> None; a URI
+    (``file:``, ``sqlite:``, ``http://`` ...) as it is; a folder -> its
+    ``file:`` URI. Raises ValueError (one line) when mlflow is not installed."""
+    import importlib.util
+    flag = str(value).strip()
+    if flag.lower() in ('false', 'no', '0', 'none', ''):
+        return None
+    if importlib.util.find_spec('mlflow') is None:
+        raise ValueError('--mlflow needs the mlflow package: pip install mlflow')
+    if flag.lower() in ('true', 'yes', '1'):
+        flag = os.path.join(save_folder, 'mlruns')
+    if ':' in flag and not os.path.isabs(flag) and len(flag.split(':')[0]) > 1:
+        return flag                     # a URI (a Windows drive letter is a path)
+    return 'file:' + os.path.abspath(flag)
+
+
+class MLflowWriter:
+    """The TensorBoard scalars, to an MLflow run (``mlflow.MlflowClient``; no
+    global active run): ``train/loss_l``, ``train/loss_c``, ``train/loss``,
+    ``train/lr``, ``train/img_per_s`` per log row and ``val/<metric column>``
+    per evaluation, at step = iteration; ``params`` (the run's settings) as
+    parameters, ``tags`` as tags. The run is in experiment ``experiment``
+    (made when missing) of the tracking store ``uri``. A ``file:`` store needs
+    ``MLFLOW_ALLOW_FILE_STORE=true`` in MLflow 3 (set here unless set). A
+    failure to log warns once and turns the writer off; training goes on."""
+
+    def __init__(self, uri, params=None, tags=None, experiment='ssd', run_name=None):
+        if uri.startswith('file:'):
+            os.environ.setdefault('MLFLOW_ALLOW_FILE_STORE', 'true')
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        eid = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+        run = self.client.create_run(eid, run_name=run_name,
+                                     tags={k: str(v) for k, v in (tags or {}).items()})
+        self.run_id = run.info.run_id
+        items = [Param(str(k)[:250], str(v)[:6000]) for k, v in (params or {}).items()]
+        for i in range(0, len(items), 100):      # MLflow takes 100 parameters per batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def _log(self, it, values):
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        try:
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, int(it))
+                                                        for k, v in values.items()])
+        except Exception as e:   # a store gone or full: warn once, train on
+            warnings.warn(f'mlflow: logging failed ({e}); training goes on without MLflow',
+                          RuntimeWarning)
+            self.client = None
+
+    def losses(self, it, loss_l, loss_c, lr, img_per_s):
+        self._log(it, {'train/loss_l': loss_l, 'train/loss_c': loss_c,
+                       'train/loss': loss_l + loss_c, 'train/lr': lr,
+                       'train/img_per_s': img_per_s})
+
+    def metric(self, it, name, value):
+        """Validation metric ``name`` ('voc07', 'voc12' or 'coco')."""
+        self._log(it, {f'val/{EVAL_COLUMNS[name]}': value})
+
+    def close(self, status='FINISHED'):
+        """End the run: FINISHED, KILLED (interrupted) or FAILED."""
+        if self.client is not None:
+            try:
+                self.client.set_terminated(self.run_id, status)
+            except Exception as e:
+                warnings.warn(f'mlflow: ending the run failed ({e})', RuntimeWarning)
+            self.client = None
+
+
 class TrainLogger:
     """Progress bar, ``metrics.csv``, visdom and TensorBoard for the training loop.
 
@@ -142,13 +220,15 @@ class TrainLogger:
         visdom: a :class:`VisdomPlotter` or None.
         tensorboard: a :class:`TensorBoardWriter`, a folder to make one in,
             or None.
+        mlflow: an :class:`MLflowWriter` or None.
     """
 
     def __init__(self, save_folder, start_iter, max_iter, log_every=10,
-                 visdom=None, enabled=True, progress=True, tensorboard=None):
+                 visdom=None, enabled=True, progress=True, tensorboard=None, mlflow=None):
         self.enabled = enabled
         self.log_every = max(1, int(log_every))
         self.visdom = visdom
+        self.mlflow = mlflow if enabled else None
         self.tensorboard = None
         self.start_iter, self.max_iter = start_iter, max_iter
         self._sum = [0.0, 0.0, 0]
@@ -207,6 +287,8 @@ class TrainLogger:
             self.visdom.losses(done, ll, lc)
         if self.tensorboard is not None:
             self.tensorboard.losses(done, ll, lc, lr, ips)
+        if self.mlflow is not None:
+            self.mlflow.losses(done, ll, lc, lr, ips)
         self._sum = [0.0, 0.0, 0]
         self._imgs = 0
         self._window = 0.0
@@ -234,6 +316,8 @@ class TrainLogger:
             self.visdom.map(iteration, value, EVAL_LABELS[metric])
         if self.tensorboard is not None:
             self.tensorboard.metric(iteration, metric, value)
+        if self.mlflow is not None:
+            self.mlflow.metric(iteration, metric, value)
 
     def write(self, msg):
         """Print a line without breaking the progress bar."""
@@ -244,13 +328,18 @@ class TrainLogger:
         else:
             print(msg, file=sys.stderr, flush=True)
 
-    def close(self):
+    def close(self, status='finished'):
+        """Close the bar and the sinks; ``status`` (the run's: 'finished',
+        'interrupted', else failed) ends the MLflow run."""
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+        if self.mlflow is not None:
+            self.mlflow.close({'finished': 'FINISHED', 'interrupted': 'KILLED'}.get(status,
+                                                                                 'FAILED'))
         self._f.close()
 
 
