@@ -12,7 +12,7 @@ whose package is missing are left out with one line saying so.
 
 Each row: ms per image at batch 1 and images/s at batch 8 (the runner's
 ``forward`` on a preprocessed batch: network, decode and NMS; medians of
-interleaved repeats, every format with the same thread count), the VOC07
+three rounds of blocks per format, every format with the same thread count), the VOC07
 mAP on the split (the same evaluation code as eval.py:
 ``detect_dataset`` + ``evaluate_detections``) and the file size. The files
 are written to a temporary folder (``--out_dir`` keeps them). This is the
@@ -81,21 +81,23 @@ def build_runners(args, net, classes, order, dataset_name, folder, log=print):
     return runners
 
 
-def time_forward(runners, batches, repeats):
-    """{(format, batch): median seconds of ``runner.forward``}: per repeat,
-    every format and batch once in turn (interleaved, so load on the
-    machine hits all alike), after two warm-up calls each."""
+def time_forward(runners, batches, repeats, rounds=3):
+    """{(format, batch): median seconds of ``runner.forward``}. Each format
+    runs in blocks (two warm-up calls, then ``repeats`` timed calls), the
+    formats in turn, ``rounds`` times: load on the machine hits all alike,
+    and one runtime's idle threads (OpenMP's and onnxruntime's spin after
+    each call) do not steal the cores of the next call of another, which
+    call-by-call interleaving measured (PyTorch at half its speed)."""
     times = {(f, b): [] for f in runners for b in batches}
     with torch.inference_mode():
-        for f, (r, _) in runners.items():
-            for x in batches.values():
-                r.forward(x), r.forward(x)
-        for _ in range(repeats):
+        for _ in range(rounds):
             for f, (r, _) in runners.items():
                 for b, x in batches.items():
-                    t = time.perf_counter()
-                    r.forward(x)
-                    times[f, b].append(time.perf_counter() - t)
+                    r.forward(x), r.forward(x)
+                    for _ in range(repeats):
+                        t = time.perf_counter()
+                        r.forward(x)
+                        times[f, b].append(time.perf_counter() - t)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
@@ -184,7 +186,7 @@ def parse_args(argv=None):
     p.add_argument('--calib_images', default=100, type=int, help='calibration images (default 100)')
     p.add_argument('--threads', default=None, type=int,
                    help="threads for every format (default: torch's, the cores)")
-    p.add_argument('--repeats', default=10, type=int, help='timed repeats per format (default 10)')
+    p.add_argument('--repeats', default=10, type=int, help='timed calls per format, batch and round (default 10)')
     p.add_argument('--out_dir', default=None, help='keep the exported files here')
     p.add_argument('--json', default=None, help='also write the rows to this JSON file')
     args = p.parse_args(argv)
