@@ -13,25 +13,24 @@ import argparse
 import sys
 
 from data import VOC_ROOT
-from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script, size_flag, str2bool
+from utils.engine.cli import (add_cuda_flag, add_dataset_flag, add_detect_flags,
+                              add_weights_flag, run_script, size_flag, str2bool)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Single Shot MultiBox Detector Evaluation')
-    p.add_argument('--trained_model', default='weights/ssd300_mAP_77.43_v2.pth', type=str,
-                   help='Trained state_dict file path to open (ssd.pytorch weights, '
-                        'snapshots or full checkpoints)')
+    add_weights_flag(p, '--trained_model', 'weights/ssd300_mAP_77.43_v2.pth',
+                     'Trained state_dict file path to open (ssd.pytorch weights, '
+                     'snapshots or full checkpoints) (default: %(default)s)')
     p.add_argument('--save_folder', default='eval/', type=str,
                    help='File path to save results (devkit files, PR curves, COCO JSON)')
-    p.add_argument('--confidence_threshold', default=0.01, type=float,
-                   help='Detection confidence threshold')
     p.add_argument('--keep_top_k', default=None, type=int,
                    help='Keep at most this many detections per image after NMS, across '
                         'classes (Caffe and the paper: 200; default: no cap, as ssd.pytorch; '
                         'see doc/reproduction.md)')
-    p.add_argument('--top_k', default=200, type=int,
-                   help='Detections kept per class before NMS (ssd.pytorch parsed 5 '
-                        'but never used it; its Detect kept 200)')
+    add_detect_flags(p, '--confidence_threshold', 0.01, 'Detection confidence threshold',
+                     top_k_help='Detections kept per class before NMS (ssd.pytorch parsed 5 '
+                                'but never used it; its Detect kept 200)')
     add_cuda_flag(p)
     p.add_argument('--voc_root', default=VOC_ROOT, help='Location of VOC root directory')
     p.add_argument('--cleanup', default=False, type=str2bool,

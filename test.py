@@ -14,21 +14,20 @@ import argparse
 import sys
 
 from data import VOC_ROOT
-from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script, size_flag
+from utils.engine.cli import (add_cuda_flag, add_dataset_flag, add_detect_flags,
+                              add_source_flag, add_weights_flag, run_script, size_flag)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Single Shot MultiBox Detection')
-    p.add_argument('--trained_model', default='weights/ssd_300_VOC0712.pth', type=str,
-                   help='Trained state_dict file path to open')
+    add_weights_flag(p, '--trained_model', 'weights/ssd_300_VOC0712.pth',
+                     'Trained state_dict file path to open (default: %(default)s)')
     p.add_argument('--save_folder', default='eval/', type=str, help='Dir to save results')
-    p.add_argument('--visual_threshold', default=0.6, type=float,
-                   help='Final confidence threshold')
     add_cuda_flag(p)
     p.add_argument('--voc_root', default=VOC_ROOT, help='Location of VOC root directory')
     p.add_argument('-f', default=None, type=str, help='Dummy arg so we can load in Jupyter Notebooks')
-    p.add_argument('--input', nargs='+', default=None,
-                   help='Images, folders and video files to run on (instead of VOC test)')
+    add_source_flag(p, '--input', nargs='+',
+                    help='Images, folders and video files to run on (instead of VOC test)')
     add_dataset_flag(p, help='What the model was trained on (class names, model preset); '
                              'default: the checkpoint\'s, else shapes when only that preset '
                              'fits the weights, else VOC')
@@ -40,7 +39,10 @@ def parse_args(argv=None):
     p.add_argument('--size', default=None, type=size_flag,
                    help='input size (default: the one the file records, else from its shapes)')
     p.add_argument('--batch_size', default=8, type=int)
-    p.add_argument('--top_k', default=200, type=int, help='Detections kept per class')
+    add_detect_flags(p, '--visual_threshold', 0.6,
+                     'Final confidence threshold: the detections written and drawn (the '
+                     'network keeps those above min(0.01, it))',
+                     top_k_help='Detections kept per class')
     p.add_argument('--channel_order', default=None, choices=['RGB', 'BGR'])
     p.add_argument('--bgr', action='store_true', help='Same as --channel_order BGR')
     p.add_argument('--onnx', default=None,
@@ -66,7 +68,7 @@ def run(args):
     from utils.engine.tester import run_inputs, write_test1
     from utils.inference import Predictor
     from utils.weights import build_from_weights, dataset_of, read_weights
-    device = select_device(args.cuda)
+    device = select_device(args.cuda, args.device)
     if args.onnx:             # an exported file, onnxruntime or OpenVINO (utils.export)
         from utils.export import open_exported
         predictor = open_exported(args.onnx, args.backend, device,
@@ -79,7 +81,7 @@ def run(args):
         net, names, order = build_from_weights(
             weights, size=args.size, dataset=args.dataset, dataset_root=args.dataset_root,
             channel_order='BGR' if args.bgr else args.channel_order, device=device,
-            top_k=args.top_k)
+            top_k=args.top_k, nms_thresh=args.nms_thresh)
         predictor = Predictor(net, net.size, device=device, channel_order=order,
                               conf_thresh=min(0.01, args.visual_threshold),
                               batch_size=args.batch_size)

@@ -26,7 +26,8 @@ import cv2
 if __package__ in (None, ''):     # `python demo/live.py` (ssd.pytorch's command) from the root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.engine.cli import add_cuda_flag, add_dataset_flag, run_script, size_flag  # noqa: E402
+from utils.engine.cli import (add_cuda_flag, add_dataset_flag, add_detect_flags,  # noqa: E402
+                              add_source_flag, add_weights_flag, run_script, size_flag)
 
 _END = object()
 DEFAULT_WEIGHTS = ('weights/ssd300_mAP_77.43_v2.pth', 'weights/ssd_300_VOC0712.pth')
@@ -171,15 +172,15 @@ def run(predictor, classes, capture, thresh=0.6, output=None, display=True, max_
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Live SSD detection on a webcam or a video file.')
-    p.add_argument('--weights', default=None,
-                   help='trained weights: ssd.pytorch files, our snapshots or checkpoints '
-                        f'(default: the first of {", ".join(DEFAULT_WEIGHTS)} present)')
+    add_weights_flag(p, '--weights', None,
+                     'trained weights: ssd.pytorch files, our snapshots or checkpoints '
+                     f'(default: the first of {", ".join(DEFAULT_WEIGHTS)} present)')
     p.add_argument('--onnx', default=None, metavar='FILE',
                    help='run this exported file (python -m utils.export: .onnx, or an OpenVINO '
                         '.xml) instead of --weights; its size and classes are in the file')
     p.add_argument('--backend', default=None, choices=('onnxruntime', 'openvino'),
                    help='what runs --onnx (default: openvino for .xml, else onnxruntime)')
-    p.add_argument('--source', default='0', help='camera index (default 0) or video file')
+    add_source_flag(p, '--source', default='0', help='camera index (default 0) or video file')
     p.add_argument('--output', default=None, help='write the drawn video here (.mp4 or .avi)')
     p.add_argument('--no_display', action='store_true', help='no window (headless machines)')
     p.add_argument('--size', type=size_flag, default=None,
@@ -187,7 +188,7 @@ def parse_args(argv=None):
     add_dataset_flag(p, help='override the model/classes inferred from the weights')
     p.add_argument('--channel_order', default=None, choices=('RGB', 'BGR'),
                    help='override the channel order known for the weights')
-    p.add_argument('--thresh', type=float, default=0.6, help='score threshold for drawing')
+    add_detect_flags(p, '--thresh', 0.6, 'score threshold for detection and drawing')
     add_cuda_flag(p)
     p.add_argument('--max_frames', type=int, default=None, help='stop after this many frames')
     return p.parse_args(argv)
@@ -202,7 +203,7 @@ def main(argv=None):
 
 def _main(args):
     from utils.engine.cli import select_device
-    device = select_device(args.cuda)
+    device = select_device(args.cuda, args.device)
     if args.weights is None and not args.onnx:
         args.weights = next((w for w in DEFAULT_WEIGHTS if os.path.isfile(w)), None)
         if args.weights is None:
@@ -223,7 +224,8 @@ def _main(args):
         net, classes, order = build_from_weights(args.weights, 'test', size=args.size,
                                                  dataset=args.dataset,
                                                  channel_order=args.channel_order,
-                                                 device=device, conf_thresh=args.thresh)
+                                                 device=device, conf_thresh=args.thresh,
+                                                 top_k=args.top_k, nms_thresh=args.nms_thresh)
         predictor = Predictor(net, net.size, device=device, channel_order=order,
                               conf_thresh=args.thresh)
         what = f'{args.weights}: {net.cfg["name"]} at {net.size}'

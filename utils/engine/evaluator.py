@@ -5,7 +5,7 @@ import os
 
 from data.base import DatasetNotFound
 from data.config import dataset_name, eval_splits
-from utils.engine.cli import select_device
+from utils.engine.cli import NMS_IOU, select_device
 from utils.evaluation.coco import (dets_from_results, gt_from_coco, load_coco_gt,
                              read_results)
 from utils.evaluation.detections import EvalInputError, load_voc_gt, read_devkit
@@ -51,14 +51,15 @@ def evaluate_network(args, metrics):
     from utils.weights import build_from_weights, read_weights
     if getattr(args, 'onnx', None):
         return evaluate_exported(args, metrics)
-    device = select_device(args.cuda)
+    device = select_device(args.cuda, getattr(args, 'device', None))
     weights = read_weights(args.trained_model)
     name = resolve_dataset(args, weights)
     dataset, split = open_dataset(name, args)
     num_classes = len(dataset.classes) + 1
     net, _, order = build_from_weights(weights, size=args.size, dataset=args.dataset,
                                        num_classes=num_classes, device=device,
-                                       channel_order='BGR' if args.bgr else args.channel_order)
+                                       channel_order='BGR' if args.bgr else args.channel_order,
+                                       nms_thresh=getattr(args, 'nms_thresh', NMS_IOU))
     print(f'Finished loading model! ({net.cfg["name"]} SSD{net.size}, '
           f'{num_classes} classes, {order} input, {device.type})')
     net.detect.keep_top_k = getattr(args, 'keep_top_k', None)   # Caffe's per-image cap
