@@ -155,10 +155,12 @@ class MLflowWriter:
     per evaluation, at step = iteration; ``params`` (the run's settings) as
     parameters, ``tags`` as tags. The run is in experiment ``experiment``
     (made when missing) of the tracking store ``uri``. A ``file:`` store needs
-    ``MLFLOW_ALLOW_FILE_STORE=true`` in MLflow 3 (set here unless set). A
-    failure to log warns once and turns the writer off; training goes on."""
+    ``MLFLOW_ALLOW_FILE_STORE=true`` in MLflow 3 (set here unless set);
+    MLflow's usage telemetry is off (``MLFLOW_DISABLE_TELEMETRY``, unless
+    set). A failure to log warns once and turns the writer off; training goes on."""
 
     def __init__(self, uri, params=None, tags=None, experiment='ssd', run_name=None):
+        os.environ.setdefault('MLFLOW_DISABLE_TELEMETRY', 'true')   # nothing leaves the machine
         if uri.startswith('file:'):
             os.environ.setdefault('MLFLOW_ALLOW_FILE_STORE', 'true')
         from mlflow.entities import Param
