@@ -67,6 +67,9 @@ def test_replay_into_its_own_folder_continues_it(tmp_path, capsys):
     with open(tmp_path / 'metrics.csv', newline='') as f:
         assert [r['iteration'] for r in csv.DictReader(f)] == ['1', '2', '3', '4']
     assert read(tmp_path)['settings']['resume'] == str(tmp_path / 'checkpoint.pth')
+    elsewhere = parse_run_config(['--config', str(tmp_path / 'config.json'),
+                                  '--save_folder', str(tmp_path / 'new')])
+    assert (elsewhere.resume, elsewhere.max_iter) == (None, 4)     # from the start
 
 
 def test_a_changed_default_is_pinned_the_machine_is_not(recorded, tmp_path, monkeypatch):

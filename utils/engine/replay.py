@@ -39,6 +39,9 @@ KEYS = ('format', 'version', 'argv', 'command', 'settings', 'derived', 'model', 
         'versions', 'git_commit', 'created', 'replayed_from')
 #: Flags whose default belongs to the machine: resolved again on replay.
 MACHINE = ('cuda', 'device', 'threads', 'num_workers', 'dataset_root')
+#: Where a run starts, not a default: never pinned (a continued run's record
+#: replayed elsewhere starts from the start).
+START = ('resume', 'start_iter')
 #: Settings never recorded or replayed.
 SKIP = ('config',)
 
@@ -173,7 +176,7 @@ def replay(path, argv, parser_factory, resolve):
         today = resolve(_parse(parser_factory, old, path))
     settings = rec.get('settings') or {}
     pins = {k: _value(v) for k, v in settings.items()
-            if k not in given0 and k not in now and k not in MACHINE and k not in SKIP
+            if k not in given0 and k not in now and k not in MACHINE + START + SKIP
             and _plain(getattr(today, k, None)) != v}
     args = _parse(parser_factory, old + new, path)
     if 'cuda' in now or 'device' in now:  # the device asked for now replaces the recorded one
