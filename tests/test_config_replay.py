@@ -89,6 +89,7 @@ def test_a_changed_default_is_pinned_the_machine_is_not(recorded, tmp_path, monk
     ('[1, 2]', 'not a train.py config.json'),
     ('{oops', 'not JSON'),
     (None, 'unknown keys: extra, settings.no_such_flag'),
+    ('argv', 'unknown flags: --frobnicate 3'),
     ('missing', 'No such file')])
 def test_bad_config_is_one_line(recorded, tmp_path, capsys, content, message):
     path = tmp_path / 'c.json'
@@ -96,6 +97,10 @@ def test_bad_config_is_one_line(recorded, tmp_path, capsys, content, message):
         rec = read(recorded)
         rec['extra'] = 1
         rec['settings']['no_such_flag'] = 2
+        content = json.dumps(rec)
+    elif content == 'argv':
+        rec = read(recorded)
+        rec['argv'] += ['--frobnicate', '3']
         content = json.dumps(rec)
     if content != 'missing':
         path.write_text(content)

@@ -72,7 +72,7 @@ def given_flags(parser_factory, argv):
     p = parser_factory()
     for a in p._actions:
         a.default, a.required = argparse.SUPPRESS, False
-    return vars(p.parse_args(list(argv)))
+    return vars(p.parse_known_args(list(argv))[0])     # unknown ones: see _parse
 
 
 def versions():
@@ -172,8 +172,8 @@ def replay(path, argv, parser_factory, resolve):
     now = given_flags(parser_factory, new)
     with warnings.catch_warnings():       # the record as it resolves today
         warnings.simplefilter('ignore')
-        given0 = given_flags(parser_factory, old)
         today = resolve(_parse(parser_factory, old, path))
+        given0 = given_flags(parser_factory, old)
     settings = rec.get('settings') or {}
     pins = {k: _value(v) for k, v in settings.items()
             if k not in given0 and k not in now and k not in MACHINE + START + SKIP
