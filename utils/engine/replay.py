@@ -105,7 +105,8 @@ def record(config, parser, model=None, schedule=None):
     settings = {d: _plain(getattr(config, d, None)) for d in dests}
     return {'format': FORMAT, 'version': VERSION,
             'argv': list(getattr(config, 'argv', None) or []), 'command': list(sys.argv),
-            'settings': settings, 'derived': {'val_splits': _plain(getattr(config, 'val_splits', ()))},
+            'settings': settings,
+            'derived': {'val_splits': _plain(getattr(config, 'val_splits', ()))},
             'model': _plain(model), 'schedule': _plain(schedule),
             'versions': versions(), 'git_commit': git_commit(),
             'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
