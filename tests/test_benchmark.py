@@ -66,3 +66,12 @@ def test_missing_package_leaves_the_row_out_with_one_line(weights, monkeypatch):
         '--repeats', '1', '--formats', 'pytorch,openvino-fp32']), log=said.append)
     assert [r['format'] for r in rows] == ['pytorch']
     assert said == ['openvino-fp32: left out (openvino is not installed: pip install openvino)']
+
+
+def test_documented_command_without_optional_flags(weights, capsys):
+    """``python -m utils.benchmark --trained_model W --dataset shapes`` (README):
+    the whole val split, 100 calibration images, every installed format."""
+    assert benchmark.main(['--trained_model', str(weights), '--dataset', 'shapes']) == 0
+    out = capsys.readouterr().out
+    assert 'shapes val (200 images)' in out
+    assert '| pytorch |' in out and '| onnxruntime-int8 |' in out
