@@ -3,6 +3,7 @@
     python -m utils.export --trained_model weights/ssd300_mAP_77.43_v2.pth --out ssd300.onnx
     python -m utils.export --trained_model W --int8 --calib_dataset shapes --calib_images 100
     python -m utils.export --trained_model W --format openvino          # W.xml + W.bin
+    python -m utils.export --trained_model W --format openvino --int8 --calib_dataset shapes
     python test.py --onnx ssd300.onnx --input photos/       # run it (onnxruntime or OpenVINO)
     python eval.py --onnx ssd300.onnx --dataset VOC         # score it
 
@@ -40,7 +41,9 @@ INT8 (``--int8``): the network part (images -> loc, conf logits) is exported
 alone and quantized by onnxruntime's static quantization (QDQ, per-channel
 int8 weights, uint8 activations), calibrated on training images through
 :class:`utils.inference.Predictor`'s preprocessing; the float tail (softmax,
-decode, NMS: :class:`ExportDetect`) is appended to it unchanged.
+decode, NMS: :class:`ExportDetect`) is appended to it unchanged. With
+``--format openvino`` the same QDQ graph becomes an IR, which OpenVINO runs
+with its int8 kernels.
 
 :class:`OnnxPredictor` and :class:`OpenVinoPredictor` run an exported file
 behind the interface of :class:`utils.inference.Predictor`
