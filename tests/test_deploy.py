@@ -216,3 +216,21 @@ def test_onnxruntime_refuses_an_ir_with_a_hint(files):
     _, d, _ = files
     with pytest.raises(ValueError, match='--backend openvino'):
         ex.open_exported(d / 'shapes.xml', 'onnxruntime')
+
+
+@pytest.mark.parametrize('name', ['shapes.xml', 'shapes_int8.onnx'])
+def test_demo_live_runs_an_exported_file(files, tmp_path, name):
+    import demo.live as live
+    _, d, images = files
+    clip = tmp_path / 'clip.avi'
+    video = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*'MJPG'), 5, (160, 120))
+    for im in images[:3]:
+        video.write(cv2.resize(im, (160, 120)))
+    video.release()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert live.main(['--onnx', str(d / name), '--source', str(clip), '--no_display',
+                          '--output', str(tmp_path / 'out.avi'), '--thresh', '0.3']) == 0
+    assert '3 frames' in out.getvalue()
+    cap = cv2.VideoCapture(str(tmp_path / 'out.avi'))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
