@@ -43,6 +43,23 @@ classes instead of 91; Detect keeps the 200 best candidates per class before
 NMS and up to 200 per class after it (torchvision: 400 per class before, 200
 per image after), does not clip boxes to the image and does not clamp the
 decoded log-sizes at log(1000/16).
+
+SSDlite320 (``ssdlite320_mobilenet_v3_large``, torchvision's
+``ssdlite320_mobilenet_v3_large_coco-a79551df.pth``; 21.3 COCO AP): the file
+is recognised from its keys, and its network is ours module for module
+(:mod:`layers.backbones.mobilenet`), so the conversion is a renaming
+(:func:`ssdlite_to_ssd`): ``backbone.features.*`` and ``backbone.extra.*``
+stay, ``head.regression_head.module_list.k`` becomes ``loc.k`` and
+``head.classification_head.module_list.k`` ``conf.k``. Its input is
+torchvision's, (rgb / 255 - 0.5) / 0.5: the record says mean = std = 127.5
+(BGR pixels, ``data.config.preprocess_of``), RGB order. The priors are the
+``ssdlite320`` config's (torchvision's DefaultBoxGenerator, equal to ours),
+and the record holds the complete config. Classes: all 91 of torchvision's
+heads are kept by default (background and the COCO category ids 1 ... 90,
+'N/A' where unused), so that the raw outputs and the detections equal
+torchvision's (a softmax over fewer classes would change every score);
+``--coco80`` keeps the 80 real ones (81 with background, the labels of our
+COCO loader, as for ssd300_vgg16) for ``eval.py --dataset COCO``.
 """
 import argparse
 import os
@@ -159,13 +176,110 @@ def torchvision_to_ssd(tv_sd, categories=None, fold=True, path='<state dict>'):
     return sd, names
 
 
-def convert_torchvision_file(src, dst):
-    """Read torchvision's file ``src`` (weights_only), write our checkpoint
-    ``dst`` atomically. Returns the checkpoint dict."""
+SSDLITE_FILE = 'ssdlite320_mobilenet_v3_large_coco-a79551df.pth'
+SSDLITE_URL = 'https://download.pytorch.org/models/' + SSDLITE_FILE
+SSDLITE_HEADS = ('head.regression_head.module_list.', 'head.classification_head.module_list.')
+#: the keys that name each model torchvision files can hold
+MODEL_KEYS = {'ssd300_vgg16': SCALE_KEY[1],
+              'ssdlite320_mobilenet_v3_large': 'backbone.features.1.0.1.0.weight'}
+
+
+def model_of(tv_sd, path='<state dict>'):
+    """Which torchvision detector ``tv_sd`` is: 'ssd300_vgg16' or
+    'ssdlite320_mobilenet_v3_large'; a one-line CheckpointError naming what
+    was expected otherwise."""
+    for name, key in MODEL_KEYS.items():
+        if torch.is_tensor(tv_sd.get(key)) and (name == 'ssd300_vgg16' or torch.is_tensor(
+                tv_sd.get(SSDLITE_HEADS[1] + '0.1.weight'))):
+            return name
+    raise CheckpointError(f'{path}: not a torchvision ssd300_vgg16 or '
+                          f'ssdlite320_mobilenet_v3_large state dict (expected the keys '
+                          f'{MODEL_KEYS["ssd300_vgg16"]!r} or {MODEL_KEYS["ssdlite320_mobilenet_v3_large"]!r})')
+
+
+def ssdlite_config(tv_sd, num_classes):
+    """Our ``ssdlite320`` config for torchvision's SSDlite state dict: the
+    tail read from its shapes (480 channels at the end: reduced_tail, as
+    torchvision builds it without ImageNet weights; 960: the full one)."""
+    from data.config import config_for
+    last = tv_sd.get('backbone.features.1.3.0.weight')     # the 1x1 conv after C5
+    cfg = config_for(num_classes, 320, 'mobilenet_v3_large')
+    return dict(cfg, reduced_tail=last is None or last.shape[0] != 960)
+
+
+def ssdlite_to_ssd(tv_sd, coco80=False, path='<state dict>'):
+    """Map torchvision's ``ssdlite320_mobilenet_v3_large`` state dict to
+    ours (a renaming: module docstring).
+
+    Returns ``(state_dict, names, cfg)``: our keys (float32 tensors, BatchNorm
+    counters as they are); the class names without background (torchvision's
+    COCO list, 'N/A' included, when it has 91 classes; the 80 real ones with
+    ``coco80``; None for another count); the complete config."""
+    sd = {}
+    for k, v in tv_sd.items():
+        if not torch.is_tensor(v):
+            continue
+        for theirs, ours in zip(SSDLITE_HEADS, ('loc.', 'conf.')):
+            if k.startswith(theirs):
+                k = ours + k[len(theirs):]
+        if not k.startswith(('backbone.features.', 'backbone.extra.', 'loc.', 'conf.')):
+            raise CheckpointError(f'{path}: unexpected key {k!r} for ssdlite320_mobilenet_v3_large')
+        sd[k] = v.float().clone() if v.is_floating_point() else v.clone()
+    a = 6
+    total = sd['conf.0.1.weight'].shape[0] // a
+    names = None
+    if total == 91:
+        names = list(coco_categories()[1:])
+        if coco80:
+            idx, kept = kept_classes(coco_categories())
+            for k in range(6):
+                for p in ('weight', 'bias'):
+                    t = sd[f'conf.{k}.1.{p}']
+                    sd[f'conf.{k}.1.{p}'] = t.view(a, total, *t.shape[1:])[:, idx].reshape(
+                        a * len(idx), *t.shape[1:]).contiguous()
+            names, total = list(kept), len(idx)
+    elif coco80:
+        raise CheckpointError(f'{path}: --coco80 needs torchvision\'s 91 COCO classes, '
+                              f'the file has {total}')
+    return sd, names, ssdlite_config(tv_sd, total)
+
+
+def convert_ssdlite(tv_sd, dst, src, coco80=False):
+    """Our checkpoint of torchvision's SSDlite state dict, with its record
+    (complete cfg, class names, input mean/std, RGB), written to ``dst``."""
+    from ssd import build_ssd
+    from utils.weights import model_record
+    sd, names, cfg = ssdlite_to_ssd(tv_sd, coco80, path=src)
+    n = cfg['num_classes']
+    net = build_ssd('test', 320, n, cfg=cfg)
+    try:
+        net.load_state_dict(sd)
+    except RuntimeError as e:
+        raise CheckpointError(f'{src}: does not fit SSDlite320-MobileNetV3 '
+                              f'({str(e).strip().splitlines()[-1].strip()[:200]})') from None
+    dataset = 'COCO' if n == 81 and names is not None else None
+    ckpt = {'model': sd, 'record': model_record(net, names, dataset, 'RGB'),
+            'channel_order': 'RGB',
+            'args': {'dataset': dataset or 'custom', 'size': 320,
+                     'backbone': 'mobilenet_v3_large'},
+            'converted_from': f'torchvision ssdlite320_mobilenet_v3_large ({os.path.basename(src)})'}
+    if names is not None:
+        ckpt['classes'] = list(names)
+    atomic_save(ckpt, dst)
+    return ckpt
+
+
+def convert_torchvision_file(src, dst, coco80=False):
+    """Read torchvision's file ``src`` (weights_only; ssd300_vgg16 or
+    ssdlite320_mobilenet_v3_large), write our checkpoint ``dst`` atomically.
+    Returns the checkpoint dict."""
     if not os.path.isfile(src):
         raise CheckpointError(f'{src}: no such file; download it from {SOURCE_URL} '
-                              '(this tool never downloads)')
-    sd, names = torchvision_to_ssd(extract_state_dict(load_file(src), src), path=src)
+                              f'or {SSDLITE_URL} (this tool never downloads)')
+    tv_sd = extract_state_dict(load_file(src), src)
+    if model_of(tv_sd, src) == 'ssdlite320_mobilenet_v3_large':
+        return convert_ssdlite(tv_sd, dst, src, coco80)
+    sd, names = torchvision_to_ssd(tv_sd, path=src)
     ckpt = {'model': sd, 'channel_order': 'RGB',
             'args': {'dataset': 'COCO' if names is not None and len(names) == 80 else 'custom',
                      'size': 300},
@@ -182,12 +296,21 @@ def main(argv=None):
                    help=f"torchvision's file (from {SOURCE_URL}; default: weights/{SOURCE_FILE})")
     p.add_argument('--out', default='weights/ssd300_COCO_torchvision.pth',
                    help='output checkpoint (default: weights/ssd300_COCO_torchvision.pth)')
+    p.add_argument('--coco80', action='store_true',
+                   help="SSDlite: keep the 80 real COCO classes (81 with background, our COCO "
+                        "loader's labels) instead of torchvision's 91 with 'N/A' placeholders "
+                        '(ssd300_vgg16 files always get 81)')
     args = p.parse_args(argv)
     try:
-        ckpt = convert_torchvision_file(args.src, args.out)
+        ckpt = convert_torchvision_file(args.src, args.out, args.coco80)
     except (CheckpointError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
+    if 'loc.0.1.weight' in ckpt['model']:
+        n = ckpt['record']['cfg']['num_classes']
+        print(f'{args.src} -> {args.out}: SSDlite320-MobileNetV3, {n} classes (background + '
+              f'{n - 1}); input: (RGB / 255 - 0.5) / 0.5 (mean = std = 127.5)')
+        return 0
     n = ckpt['model']['conf.0.bias'].numel() // MBOX[0]
     print(f'{args.src} -> {args.out}: SSD300, {n} classes (background + {n - 1}); '
           f'input: BGR image - MEANS, swapped to RGB')

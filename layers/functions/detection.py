@@ -21,7 +21,10 @@ class Detect(nn.Module):
     best (ties: the lower prior index first), then NMS at IoU ``nms_thresh``
     (torchvision's ``nms``). ``keep_top_k`` optionally keeps only that many
     detections per image across classes (Caffe keeps 200); off by default, as in
-    ssd.pytorch.
+    ssd.pytorch. Keyword-only, off by default, for torchvision's postprocess
+    (its SSD and SSDlite): ``clip_boxes`` clamps the decoded boxes to the
+    image, [0, 1], before NMS; ``max_log_wh`` caps the decoded log-sizes
+    (``loc[..., 2:] * variance[1]``; torchvision: ``log(1000 / 16)``).
 
     Call ``detect(loc [B, P, 4], conf [B, P, C] (softmax scores), priors [P, 4])``.
     Returns ``[B, C, top_k, 5]`` float32: rows ``(score, x1, y1, x2, y2)``
@@ -46,7 +49,8 @@ class Detect(nn.Module):
     """
 
     def __init__(self, num_classes, bkg_label=0, top_k=200, conf_thresh=0.01,
-                 nms_thresh=0.45, variance=(0.1, 0.2), keep_top_k=None):
+                 nms_thresh=0.45, variance=(0.1, 0.2), keep_top_k=None, *,
+                 clip_boxes=False, max_log_wh=None):
         super().__init__()
         if nms_thresh <= 0:
             raise ValueError('nms_threshold must be non negative.')
@@ -57,6 +61,8 @@ class Detect(nn.Module):
         self.nms_thresh = nms_thresh
         self.variance = tuple(variance)
         self.keep_top_k = keep_top_k
+        self.clip_boxes = clip_boxes
+        self.max_log_wh = max_log_wh
 
     @torch.no_grad()
     def forward(self, loc_data, conf_data, prior_data):
@@ -94,8 +100,12 @@ class Detect(nn.Module):
         top = _flat_nonzero(top)
         order, group = order.index_select(0, top), group.index_select(0, top)
         img, prior, s = (t.index_select(0, order) for t in (img, prior, s))
-        boxes = decode(loc_data.reshape(B * P, 4).index_select(0, img * P + prior).float(),
-                       prior_data.index_select(0, prior).float(), self.variance)
+        loc = loc_data.reshape(B * P, 4).index_select(0, img * P + prior).float()
+        if self.max_log_wh is not None:
+            loc[:, 2:] = loc[:, 2:].clamp(max=self.max_log_wh / self.variance[1])
+        boxes = decode(loc, prior_data.index_select(0, prior).float(), self.variance)
+        if self.clip_boxes:
+            boxes.clamp_(0, 1)
         kept = _nms_per_group(boxes, s, group, counts.clamp(max=k), self.nms_thresh, threads)
         if self.keep_top_k is not None:
             kept = self._cap_per_image(kept, s, img, B)
