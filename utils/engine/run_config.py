@@ -309,8 +309,12 @@ def _model_from_file(c):
     path = c.resume or c.pretrained
     rec = None
     if path and os.path.isfile(path) and (c.backbone is None or c.size is None):
+        from utils.checkpoint import CheckpointError
         from utils.weights import read_weights
-        rec = read_weights(path).record
+        try:
+            rec = read_weights(path).record
+        except CheckpointError:     # unreadable: the trainer's load says so in one line
+            rec = None
     cfg = (rec or {}).get('cfg', {})
     if c.backbone is None:
         c.backbone = cfg.get('backbone', 'vgg16')

@@ -21,7 +21,8 @@ from layers import MultiBoxLoss
 from ssd import build_ssd, memory_format
 from utils.training import distributed as D
 from utils.checkpoint import CheckpointError, SaveError, atomic_save, load_into, remove_stale_temp
-from utils.weights import attach_record, load_weights, model_record, read_weights
+from utils.weights import (attach_record, check_backbone, load_weights, model_record,
+                           read_weights)
 from utils.training.lock import SaveFolderLock
 from utils.training.logger import MLflowWriter, TrainLogger, VisdomPlotter, plot_loss_curves
 from data.loader import make_loader, seed_all
@@ -184,6 +185,7 @@ def _resume(r, weights):
     """Continue from ``--resume`` (a :class:`~utils.weights.WeightFile`): a
     full checkpoint exactly, a weights-only file at ``--start_iter``."""
     args, ckpt = r.args, weights.obj
+    check_backbone(r.net, weights)      # one line naming both backbones
     if is_full_checkpoint(ckpt):
         if args.start_iter:
             warnings.warn('--start_iter is ignored: the full checkpoint '
