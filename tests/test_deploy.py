@@ -108,6 +108,32 @@ def test_openvino_equals_pytorch(files, name):
     assert (ref[..., 0] > 0).sum() > 100
 
 
+def _altstack():
+    """The calling thread's sigaltstack as (address, size, disabled)."""
+    import ctypes
+
+    class Stack(ctypes.Structure):
+        _fields_ = [('ss_sp', ctypes.c_void_p), ('ss_flags', ctypes.c_int),
+                    ('ss_size', ctypes.c_size_t)]
+    s = Stack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(s)) == 0
+    return s.ss_sp, s.ss_size, bool(s.ss_flags & 2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='sigaltstack via glibc')
+def test_openvino_leaves_the_signal_stack_alone(files):
+    """Compiling a model on OpenVINO's CPU plugin installs an alternate signal
+    stack of its own on the calling thread; with it in place a later SIGCHLD
+    (a child process ending) killed the test process with SIGSEGV. The
+    predictor puts the caller's stack back, so it is the same before and after."""
+    _, d, images = files
+    before = _altstack()
+    p = ex.open_exported(d / 'shapes.xml')
+    p.forward(p.preprocess(images[:1]))
+    assert _altstack() == before
+    del p
+
+
 def _eval(argv):
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):

@@ -89,6 +89,42 @@ def _need(module):
         raise BackendMissing(f'{module} is not installed: pip install {module}') from None
 
 
+class _KeepSignalStack:
+    """Keep the calling thread's alternate signal stack (``sigaltstack``)
+    across an OpenVINO call. Compiling a model on OpenVINO's CPU plugin
+    installs a small stack of its own (11.5 kB) on the calling thread,
+    replacing Python's (faulthandler's); with it in place, a signal arriving
+    later on that thread (a SIGCHLD from a finished child process) killed the
+    process with SIGSEGV (si_code SI_KERNEL: the kernel could not deliver the
+    signal there). Seen running the tests: an in-process benchmark, then a
+    test that starts a subprocess. Putting the previous stack back after the
+    call keeps Python's. No-op where libc has no ``sigaltstack`` (Windows)."""
+
+    def __enter__(self):
+        import ctypes
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            self._call = libc.sigaltstack
+        except (OSError, AttributeError, TypeError):
+            self._call = None
+            return self
+
+        class Stack(ctypes.Structure):
+            _fields_ = [('ss_sp', ctypes.c_void_p), ('ss_flags', ctypes.c_int),
+                        ('ss_size', ctypes.c_size_t)]
+        self._saved = Stack()
+        if self._call(None, ctypes.byref(self._saved)) != 0:
+            self._call = None
+        self._ref = ctypes.byref
+        return self
+
+    def __exit__(self, *exc):
+        if self._call is not None:
+            self._saved.ss_flags &= 2            # SS_DISABLE or 0 (SS_ONSTACK is read-only)
+            self._call(self._ref(self._saved), None)
+        return False
+
+
 class _NMSKeep(torch.autograd.Function):
     """``keep [G, K]`` float (1 = kept by NMS) for ``boxes [G, K, 4]`` (x1, y1,
     x2, y2) and ``scores [G, K]`` sorted by decreasing score per group; boxes
@@ -584,7 +620,8 @@ class OpenVinoPredictor(ExportedPredictor):
         if threads:
             config['INFERENCE_NUM_THREADS'] = int(threads)
         try:
-            self.compiled = core.compile_model(model, 'CPU', config)
+            with _KeepSignalStack():
+                self.compiled = core.compile_model(model, 'CPU', config)
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f'{path}: OpenVINO cannot compile it ({_first_line(e)})') \
                 from None
