@@ -37,6 +37,7 @@ class Report:
         self.images = self.objects = self.difficult = 0
         self.per_class = {}
         self.sizes = []            # (box w, box h, image w, image h)
+        self.boxes = []            # (class, difficult, x1, y1, x2, y2, image w, image h), pixels
         self.problems, self.warnings = [], []
 
     def problem(self, file, message):
@@ -54,12 +55,17 @@ class Report:
             msg = msg[len(str(file)) + 2:]
         self.problem(file, msg)
 
-    def add_object(self, name, difficult, bw, bh, iw, ih):
+    def add_object(self, name, difficult, bw, bh, iw, ih, box=None):
+        """One object: its class, difficult/crowd flag, box size and image
+        size in pixels; ``box`` (x1, y1, x2, y2 in pixels, clipped as the
+        loaders clip it) keeps its position too (``data.priors``)."""
         self.objects += 1
         self.difficult += int(bool(difficult))
         self.per_class[name] = self.per_class.get(name, 0) + 1
         if iw and ih:
             self.sizes.append((bw, bh, iw, ih))
+            if box is not None:
+                self.boxes.append((name, bool(difficult), *(float(v) for v in box), iw, ih))
 
     def box_stats(self):
         if not self.sizes:

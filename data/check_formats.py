@@ -119,7 +119,7 @@ def _voc_objects(report, xml, root, class_to_ind, classes, wh):
         name = classes[label]
         c = np.clip(b, 0, [wh[0], wh[1]] * 2) if wh else b
         report.add_object(name, difficult, c[2] - c[0], c[3] - c[1],
-                          *(wh or (0, 0)))
+                          *(wh or (0, 0)), box=c)
         if wh:   # the XML's 1-based numbers; inside when x <= width
             _box_warnings(report, xml, k, name, b + 1, *wh)
 
@@ -211,7 +211,9 @@ def _coco_objects(report, ann, anns, cats, sizes):
             continue
         w, h = sizes[a['image_id']]
         name = cats[a['category_id']]
-        report.add_object(name, a.get('iscrowd', 0), b[2], b[3], w, h)
+        report.add_object(name, a.get('iscrowd', 0), b[2], b[3], w, h,
+                          box=np.clip([b[0], b[1], b[0] + b[2], b[1] + b[3]], 0, [w, h] * 2)
+                          if w and h else None)
         _box_warnings(report, ann, k, name,
                       [b[0], b[1], b[0] + b[2], b[1] + b[3]], w, h)
 
@@ -268,5 +270,5 @@ def _check_yolo_split(report, img_dir, lab_dir, names, decode):
         for k, (c, b) in enumerate(zip(labels, boxes)):
             px = b * np.float32([w, h, w, h])
             report.add_object(names[c], False, px[2] - px[0], px[3] - px[1],
-                              *(size or (0, 0)))
+                              *(size or (0, 0)), box=np.clip(px, 0, [w, h] * 2))
             _box_warnings(report, lab, k, names[c], b, 1.0, 1.0, 1e-4)
