@@ -14,6 +14,11 @@ class PriorBox:
     ``((j + 0.5) / f_k, (i + 0.5) / f_k)`` with ``f_k = img / step``. With
     ``clip`` the centre-form values are clamped to [0, 1] as in ssd.pytorch, so
     that its published weights see the priors they were trained with.
+
+    With ``cfg['head_layout'] == 'nvidia'`` (NVIDIA's SSD300 v1.1, whose heads
+    :meth:`ssd.SSD.forward` flattens anchor-major) the order within each
+    feature map is shape first, then row, column (NVIDIA's ``DefaultBoxes``):
+    the same boxes, permuted.
     """
 
     def __init__(self, cfg):
@@ -24,6 +29,7 @@ class PriorBox:
         self.steps = cfg['steps']
         self.aspect_ratios = cfg['aspect_ratios']
         self.clip = cfg['clip']
+        self.shape_major = cfg.get('head_layout', 'ssd') == 'nvidia'
         self.variance = cfg['variance'] or [0.1]
         if any(v <= 0 for v in self.variance):
             raise ValueError('Variances must be greater than 0')
@@ -43,7 +49,9 @@ class PriorBox:
             cy, cx = torch.meshgrid(c, c, indexing='ij')              # rows, cols
             cxcy = torch.stack([cx, cy], -1).reshape(-1, 1, 2)        # [f*f, 1, 2]
             boxes = torch.cat([cxcy.expand(-1, len(shapes), 2),
-                               wh.expand(f * f, -1, 2)], -1)
+                               wh.expand(f * f, -1, 2)], -1)   # [f*f, A, 4]
+            if self.shape_major:
+                boxes = boxes.transpose(0, 1)                         # [A, f*f, 4]
             out.append(boxes.reshape(-1, 4))
         output = torch.cat(out).float()
         if self.clip:
