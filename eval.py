@@ -1,4 +1,4 @@
-"""Evaluate an SSD: the VOC07 AP table, VOC2010+ and COCO AP, PR curves.
+"""Evaluate an SSD: the VOC07 AP table, VOC2010+ and COCO AP, PR curves, error analysis.
 
     python eval.py --trained_model weights/ssd300_mAP_77.43_v2.pth
     python eval.py --trained_model runs/demo/shapes.pth --dataset shapes --metric voc07,voc12,coco
@@ -6,6 +6,7 @@
     python eval.py --detections dets.json --dataset COCO --ann_file instances_val2017.json
     python eval.py --trained_model W --dataset custom --dataset_root mydata --set test
     python eval.py --onnx W_int8.onnx --dataset shapes      # an exported file (or W.xml)
+    python eval.py --trained_model W --analysis out/        # confusion matrix, P/R/F1, AP by size, gallery
 
 The flags of ssd.pytorch's eval.py keep their meaning; see doc/evaluation.md.
 """
@@ -14,7 +15,8 @@ import sys
 
 from data import VOC_ROOT
 from utils.engine.cli import (add_cuda_flag, add_dataset_flag, add_detect_flags,
-                              add_weights_flag, run_script, size_flag, str2bool)
+                              add_weights_flag, count_flag, run_script, score_flag,
+                              size_flag, str2bool)
 
 
 def parse_args(argv=None):
@@ -67,6 +69,16 @@ def parse_args(argv=None):
                         'and classes are in the file')
     p.add_argument('--backend', default=None, choices=['onnxruntime', 'openvino'],
                    help='What runs --onnx (default: openvino for .xml, else onnxruntime)')
+    p.add_argument('--analysis', default=None, metavar='DIR',
+                   help='Write the error analysis into DIR: confusion matrix (PNG, JSON), '
+                        'precision/recall/F1 per class with the F1-best threshold '
+                        '(per_class.csv), AP by object size, and a gallery of the worst '
+                        'images (doc/evaluation.md)')
+    p.add_argument('--analysis_thresh', default=0.5, type=score_flag,
+                   help='Score threshold of the --analysis counts (default: %(default)s)')
+    p.add_argument('--gallery', default=16, type=count_flag,
+                   help='Images in the --analysis gallery, most errors first; 0: none '
+                        '(default: %(default)s)')
     p.add_argument('--set', '--val_set', dest='image_set', default=None,
                    help='Image set, spelled as train.py\'s --val_set: VOC 2007_test (sets '
                         '--year and --set_type), COCO val2017, custom val or test')

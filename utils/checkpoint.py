@@ -149,7 +149,12 @@ def atomic_save(obj, path):
 def atomic_write_text(text, path):
     """Write the str ``text`` (UTF-8) to ``path`` as :func:`atomic_save` does
     (a temporary file beside it, then rename; :class:`SaveError`)."""
-    data = text.encode('utf-8')
+    atomic_write_bytes(text.encode('utf-8'), path)
+
+
+def atomic_write_bytes(data, path):
+    """Write ``data`` (bytes, e.g. an encoded PNG) to ``path`` as
+    :func:`atomic_save` does."""
     _atomic_write(path, lambda w: w.write(data))
 
 

@@ -74,6 +74,28 @@ def backbone_flag(v):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def score_flag(v):
+    """argparse type: a score threshold, a number in [0, 1]."""
+    try:
+        x = float(v)
+    except ValueError:
+        x = None
+    if x is None or not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f'a score in [0, 1], got {v!r}')
+    return x
+
+
+def count_flag(v):
+    """argparse type: an integer >= 0."""
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f'an integer >= 0, got {v!r}')
+    return n
+
+
 def add_dataset_flag(parser, default=None, help='dataset'):
     parser.add_argument('--dataset', default=default, type=dataset_flag, metavar='{%s}'
                         % ','.join(DATASETS), help=help)

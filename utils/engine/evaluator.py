@@ -47,7 +47,7 @@ def resolve_dataset(args, weights=None):
 
 def evaluate_network(args, metrics):
     """Run the network of --trained_model over the dataset; return
-    (results, dets, gt, set name)."""
+    (results, dets, gt, set name, dataset)."""
     from utils.weights import build_from_weights, read_weights
     if getattr(args, 'onnx', None):
         return evaluate_exported(args, metrics)
@@ -71,7 +71,7 @@ def evaluate_network(args, metrics):
                           channel_order=order, indices=indices)
     print('Evaluating detections')
     coco = coco_target(dataset, gt, indices) if 'coco' in metrics else None
-    return evaluate_detections(dets, gt, metrics, coco), dets, gt, split
+    return evaluate_detections(dets, gt, metrics, coco), dets, gt, split, dataset
 
 
 def evaluate_exported(args, metrics):
@@ -100,7 +100,32 @@ def evaluate_exported(args, metrics):
                           args.confidence_threshold, progress=True, indices=indices)
     print('Evaluating detections')
     coco = coco_target(dataset, gt, indices) if 'coco' in metrics else None
-    return evaluate_detections(dets, gt, metrics, coco), dets, gt, split
+    return evaluate_detections(dets, gt, metrics, coco), dets, gt, split, dataset
+
+
+def analysis(args, results, dets, gt, dataset):
+    """--analysis DIR: the error analysis (``utils.evaluation.analysis``),
+    printed and written; the gallery when the images are known (a dataset,
+    or VOC's JPEGImages beside the annotations)."""
+    from utils.evaluation.analysis import table, write_analysis
+    from utils.evaluation.evaluate import image_ids
+    if dataset is None and args.detections and resolve_dataset(args) == 'VOC':
+        try:
+            dataset, _ = open_dataset('VOC', args)
+        except (DatasetNotFound, OSError):
+            dataset = None
+    pull = None
+    if dataset is not None:
+        index = {k: i for i, k in enumerate(image_ids(dataset, range(len(dataset))))}
+        if all(k in index for k in gt.image_ids):
+            pull = lambda i: dataset.pull_image(index[gt.image_ids[i]])  # noqa: E731
+    coco = results.get('coco', {}).get('stats')
+    result, paths = write_analysis(dets, gt, args.analysis, args.analysis_thresh,
+                                   args.gallery, pull, coco)
+    print(table(result))
+    print(f'analysis: {", ".join(os.path.basename(p) for p in paths)} in {args.analysis}'
+          + ('' if pull else ' (no gallery: the images are not known)'))
+    return result
 
 
 def set_name(name, args):
@@ -110,7 +135,8 @@ def set_name(name, args):
 
 def evaluate_files(args, metrics):
     """Evaluate --detections (a folder of devkit files or a COCO results
-    JSON) without a network; return (results, dets, gt)."""
+    JSON) without a network; return (results, dets, gt, set name, dataset
+    or None: the images, for the --analysis gallery, when they are known)."""
     path = args.detections
     if os.path.isfile(path):
         if not args.ann_file:
@@ -119,8 +145,9 @@ def evaluate_files(args, metrics):
         gt, img_ids, cat_ids = gt_from_coco(coco_gt)
         dets = dets_from_results(read_results(path), img_ids, cat_ids, path)
         return (evaluate_detections(dets, gt, metrics, (coco_gt, img_ids, cat_ids)), dets, gt,
-                os.path.splitext(os.path.basename(path))[0])
+                os.path.splitext(os.path.basename(path))[0], None)
     name = resolve_dataset(args)
+    dataset = None
     if name == 'VOC':
         from data import VOC_CLASSES
         gt = load_voc_gt(args.dataset_root or args.voc_root, args.year,
@@ -136,7 +163,7 @@ def evaluate_files(args, metrics):
         coco = coco_target(dataset, gt, range(len(gt.image_ids))) if 'coco' in metrics else None
     set_type = args.set_type if (args.set_type and name == 'VOC') else None
     dets = read_devkit(path, gt.class_names, gt.image_ids, set_type)
-    return evaluate_detections(dets, gt, metrics, coco), dets, gt, set_name(name, args)
+    return evaluate_detections(dets, gt, metrics, coco), dets, gt, set_name(name, args), dataset
 
 
 def run(args):
@@ -144,12 +171,14 @@ def run(args):
     results_json = bool(args.detections) and os.path.isfile(args.detections)  # COCO results
     metrics = parse_metrics(args.metric or default_metric('COCO' if results_json else args.dataset))
     if args.detections:
-        results, dets, gt, name = evaluate_files(args, metrics)
+        results, dets, gt, name, dataset = evaluate_files(args, metrics)
     else:
-        results, dets, gt, name = evaluate_network(args, metrics)
+        results, dets, gt, name, dataset = evaluate_network(args, metrics)
     print_tables(results)
     written = save_outputs(results, dets, gt.class_names, args.save_folder, name,
                            pr_curves=getattr(args, 'pr_curves', True))
+    if getattr(args, 'analysis', None):
+        analysis(args, results, dets, gt, dataset)
     if args.cleanup:
         for p in written:
             if os.path.basename(p).find('det_') >= 0 and p.endswith('.txt'):

@@ -255,7 +255,9 @@ def save_weights(r, path):
 
 def evaluate(r, it, log):
     """``--eval_metric`` (VOC07 mAP, VOC2010+ mAP or COCO AP) on the
-    validation split (rank 0); keeps the best weights by it."""
+    validation split (rank 0); keeps the best weights by it. The evaluation
+    at the last iteration also writes the error analysis into
+    ``<save_folder>/analysis/`` (eval.py --analysis's files)."""
     if r.val_ds is None:
         return None
     value = None
@@ -263,10 +265,13 @@ def evaluate(r, it, log):
         from utils.evaluation import evaluate as E
         metric = r.args.eval_metric
         state = get_rng_state()
+        last = it >= r.args.max_iter
         res = E.evaluate_model(r.net, r.val_ds, device=r.info.device,
                                batch_size=r.args.eval_batch_size,
                                num_workers=min(r.args.num_workers, 2), metrics=(metric,),
-                               progress=not r.args.quiet)
+                               progress=not r.args.quiet,
+                               analysis=os.path.join(r.args.save_folder, 'analysis') if last
+                               else None)
         set_rng_state(state)
         value = E.headline(res, metric)
         log.evaluation(it, value, metric)

@@ -261,12 +261,15 @@ def save_outputs(results, dets, class_names, folder, set_type='test', pr_curves=
 def evaluate_model(net, dataset, device='cpu', batch_size=8, num_workers=0, metrics=('voc07',),
                    conf_thresh=0.01, top_k=200, progress=False, save_folder=None,
                    set_type='test', mean=None, channel_order=None, num_images=None,
-                   verbose=False):
+                   verbose=False, analysis=None, analysis_thresh=0.5, gallery=16):
     """Evaluate ``net`` (either phase; restored afterwards) on ``dataset``.
 
     Returns the ``eval.py --json`` dict (see the module docstring). With
     ``save_folder`` it also writes the devkit files, COCO results JSON and PR
-    curves there; ``verbose`` prints the tables."""
+    curves there; ``verbose`` prints the tables. With ``analysis`` (a
+    folder) it writes the error analysis there
+    (:func:`utils.evaluation.analysis.write_analysis`, at ``analysis_thresh``,
+    ``gallery`` images)."""
     if isinstance(metrics, str):
         metrics = parse_metrics(metrics)
     n = len(dataset) if num_images is None else min(int(num_images), len(dataset))
@@ -280,4 +283,15 @@ def evaluate_model(net, dataset, device='cpu', batch_size=8, num_workers=0, metr
         print_tables(results)
     if save_folder:
         save_outputs(results, dets, gt.class_names, save_folder, set_type)
+    if analysis:       # a report: a failure warns, the evaluation stands (training goes on)
+        from utils.evaluation.analysis import write_analysis
+        try:
+            write_analysis(dets, gt, analysis, analysis_thresh, gallery,
+                           lambda i: dataset.pull_image(indices[i]),
+                           results.get('coco', {}).get('stats'))
+        except Exception as e:  # noqa: BLE001
+            import warnings
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(f'{analysis}: the error analysis was not written ({msg})',
+                          RuntimeWarning)
     return to_json(results, len(indices), len(dets))
