@@ -389,13 +389,19 @@ def schedule_defaults(cfg):
 VOC0712_TRAINVAL_IMAGES = 16551
 
 
+#: The fewest iterations between two snapshots or evaluations of a scaled
+#: schedule (``scaled_schedule``).
+MIN_INTERVAL = 100
+
+
 def scaled_schedule(num_images, batch_size, max_iter=None):
     """The schedule of custom data, scaled to its size: as many epochs as
     the paper's VOC schedule (120k iterations at batch 32 over the 16551
     images of VOC07+12, 232 epochs), rounded up to a multiple of 100 and at
     most 120k; lr steps at 2/3 and 5/6 of it (VOC's 80k and 100k of 120k),
-    evaluation every 1/12 (10k) and snapshots every 1/24 (5k), at the end
-    only when that is under one iteration. ``max_iter``
+    evaluation every 1/12 (10k) and snapshots every 1/24 (5k), but no more
+    often than every :data:`MIN_INTERVAL` iterations (a short run evaluates
+    and saves at its end only, not 24 snapshots of 100 MB). ``max_iter``
     (a ``--max_iter`` given) keeps the iterations and scales the rest.
     Returns a dict with ``max_iter``, ``lr_steps``, ``eval_every`` and
     ``save_every``: 500 images at batch 32 give 3700 iterations, steps 2466
@@ -405,11 +411,12 @@ def scaled_schedule(num_images, batch_size, max_iter=None):
         its = -(-epochs * max(int(num_images), 1) // max(int(batch_size), 1))
         max_iter = int(min(voc['max_iter'], max(100, -(-its // 100) * 100)))
     frac = [s / voc['max_iter'] for s in voc['lr_steps'] if s < voc['max_iter']]
+    floor = min(MIN_INTERVAL, int(max_iter))
     return dict(max_iter=int(max_iter),
                 lr_steps=tuple(dict.fromkeys(int(max_iter * f) for f in frac
                                              if int(max_iter * f) > 0)),
-                eval_every=max_iter * PAPER['eval_every'] // voc['max_iter'] or max_iter,
-                save_every=max_iter * PAPER['save_every'] // voc['max_iter'] or max_iter)
+                eval_every=max(max_iter * PAPER['eval_every'] // voc['max_iter'], floor),
+                save_every=max(max_iter * PAPER['save_every'] // voc['max_iter'], floor))
 
 
 def schedule_config(name, size=300, backbone='vgg16'):

@@ -163,3 +163,10 @@ def test_scaled_schedule_values():
     assert scaled_schedule(500, 32, max_iter=3000)['lr_steps'] == (2000, 2500)
     assert scaled_schedule(20, 2, max_iter=2) == dict(max_iter=2, lr_steps=(1,),
                                                       eval_every=2, save_every=2)
+    # short runs: at the end, not every iteration (30 iterations: 1 and 2 before)
+    assert scaled_schedule(160, 32, max_iter=30) == dict(max_iter=30, lr_steps=(20, 25),
+                                                         eval_every=30, save_every=30)
+    assert scaled_schedule(8, 32) == dict(max_iter=100, lr_steps=(66, 83),
+                                          eval_every=100, save_every=100)
+    assert scaled_schedule(500, 32, max_iter=2400)['save_every'] == 100   # 1/24 would be 100
+    assert scaled_schedule(500, 32, max_iter=1200)['save_every'] == 100   # not 50
