@@ -163,12 +163,14 @@ class IterationBatchSampler(Sampler):
     takes the ``it % batches_per_epoch``-th chunk of epoch
     ``it // batches_per_epoch``. Each element is ``(index, sample_seed)``
     with ``sample_seed`` drawn from ``SeedSequence([seed, it, rank])``.
+    ``shuffle=False`` (``train.py --shuffle False``): every epoch in dataset
+    order (a fixed order that another trainer can reproduce).
     """
 
     def __init__(self, num_samples, batch_size, seed=0, start_iter=0,
-                 max_iter=1, rank=0, world_size=1):
+                 max_iter=1, rank=0, world_size=1, shuffle=True):
         self.sampler = DistributedSampler(range(num_samples), num_replicas=world_size,
-                                          rank=rank, shuffle=True, seed=seed,
+                                          rank=rank, shuffle=shuffle, seed=seed,
                                           drop_last=world_size > 1)
         self.per_epoch = len(self.sampler) // batch_size
         if self.per_epoch == 0:
@@ -198,15 +200,16 @@ class IterationBatchSampler(Sampler):
 
 def make_loader(dataset, batch_size, seed=0, start_iter=0, max_iter=1,
                 rank=0, world_size=1, num_workers=0, pin_memory=False,
-                collate_fn=detection_collate, skip_bad=False, on_skip=None):
+                collate_fn=detection_collate, skip_bad=False, on_skip=None, shuffle=True):
     """A loader (:class:`BatchLoader` over a DataLoader) that yields exactly
     ``max_iter - start_iter`` batches ``(images [B, 3, H, W], targets list
     of [n_i, 5])`` (no epoch boundary and no StopIteration inside the
     schedule). A bad sample raises its DatasetError in the caller's process;
     with ``skip_bad`` it is replaced by the next good one and
-    ``on_skip(message)`` is called (in the caller's process)."""
+    ``on_skip(message)`` is called (in the caller's process). ``shuffle``:
+    see :class:`IterationBatchSampler`."""
     sampler = IterationBatchSampler(len(dataset), batch_size, seed, start_iter,
-                                    max_iter, rank, world_size)
+                                    max_iter, rank, world_size, shuffle)
     return BatchLoader(DataLoader(
         SeededSamples(dataset, skip_bad), batch_sampler=sampler, num_workers=num_workers,
         collate_fn=_Collate(collate_fn), pin_memory=pin_memory,

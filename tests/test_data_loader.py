@@ -38,3 +38,12 @@ def test_make_loader_workers_equal_main_process():
         torch.testing.assert_close(xa, xb)
         for u, v in zip(ta, tb):
             torch.testing.assert_close(u, v)
+
+
+def test_shuffle_false_is_dataset_order():
+    from data.loader import IterationBatchSampler
+    s = IterationBatchSampler(5, 2, seed=3, start_iter=0, max_iter=6, shuffle=False)
+    assert [[i for i, _ in s.batch(it)] for it in range(6)] == \
+        [[0, 1], [2, 3], [0, 1], [2, 3], [0, 1], [2, 3]]
+    shuffled = IterationBatchSampler(5, 2, seed=3, start_iter=0, max_iter=6)
+    assert [[i for i, _ in shuffled.batch(it)] for it in range(2)] != [[0, 1], [2, 3]]

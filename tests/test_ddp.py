@@ -40,3 +40,41 @@ def test_batch_is_global_and_seeds_per_rank():
     assert rank_seed(0, 0) != rank_seed(0, 1)
     with pytest.raises(ValueError, match='divisible'):
         per_rank_batch(6, 4)
+
+
+STUCK = '''
+import os, sys, time
+import torch
+from utils.training import distributed as D
+info = D.init_distributed(False, timeout=3)
+if info.rank == 1:
+    time.sleep(12)                       # a stuck peer: never joins the collective
+    sys.exit(0)
+try:
+    D.first_failed(False, info.device)
+except D.PeerStopped as e:
+    print('PEER-STOPPED', e, flush=True)
+    sys.exit(3)
+'''
+
+
+def test_stuck_peer_is_a_one_line_error_after_dist_timeout(tmp_path):
+    """gloo's own timeout is 30 minutes: with --dist_timeout (here 3 s) the
+    waiting process stops with one line naming the wait."""
+    script = tmp_path / 'stuck.py'
+    script.write_text(STUCK)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+           '--nproc_per_node=2', str(script)]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    line = next(l for l in p.stdout.splitlines() if l.startswith('PEER-STOPPED'))
+    assert 'process 0: no answer from the other processes within --dist_timeout 3 s' in line
+    assert 'first_failed' in line
+
+
+def test_dist_timeout_flag():
+    from utils.engine.run_config import parse_run_config
+    assert parse_run_config(['--dataset', 'shapes']).dist_timeout == 600
+    assert parse_run_config(['--dataset', 'shapes', '--dist_timeout', '30']).dist_timeout == 30
+    with pytest.raises(SystemExit):
+        parse_run_config(['--dataset', 'shapes', '--dist_timeout', '0'])

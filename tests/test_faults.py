@@ -363,3 +363,27 @@ def test_lock_of_a_killed_run_is_free_while_its_forked_workers_live(tmp_path):
         lock.release()
     finally:
         p.stdin.close()
+
+
+def test_nan_skip_leaves_batchnorm_statistics_untouched(tmp_path, monkeypatch):
+    """A NaN image at iteration 2 on a BatchNorm network: its forward pass
+    folds NaN into the running statistics before the loss is seen; --nan_policy
+    skip drops the update and puts the statistics back, so they stay finite
+    and count only the applied steps."""
+    from utils.engine import trainer
+    calls = []
+    real = trainer.forward_backward
+
+    def nan_image_at_2(model, criterion, images, targets, *a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            images = images * float('nan')
+        return real(model, criterion, images, targets, *a, **kw)
+    monkeypatch.setattr(trainer, 'forward_backward', nan_image_at_2)
+    assert run(tmp_path, '--backbone', 'mobilenet_v3_large', '--max_iter', 4,
+               '--save_every', 100, '--nan_policy', 'skip') == 0
+    state = load_file(tmp_path / 'checkpoint.pth')['model']
+    stats = {k: v for k, v in state.items() if 'running_' in k}
+    assert stats and all(bool(torch.isfinite(v).all()) for v in stats.values())
+    tracked = {int(v) for k, v in state.items() if k.endswith('num_batches_tracked')}
+    assert tracked == {3}                        # 4 steps, one skipped

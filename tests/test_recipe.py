@@ -64,6 +64,29 @@ def test_train_py_equals_ssd_pytorch_loop(voc, ours):
     assert [float(r['loss_c']) for r in rows] == pytest.approx([h[2] for h in hist], rel=1e-4)
 
 
+def test_nchw_in_dataset_order_is_bit_identical(voc, tmp_path):
+    """The order-free form of the check (doc/reproduction.md):
+    ``--channels_last False --shuffle False`` against the loop on an NCHW
+    network fed in dataset order, with ssd.pytorch's mining
+    (``--mining global_max``) and with ours: the same weights bit for bit."""
+    root, w, start = voc
+    theirs, _ = _reference(voc, lr_steps=LR_STEPS, channels_last=False,
+                           order=lambda it: [0, 1])
+    mp = pytest.MonkeyPatch()
+    mp.setattr(trainer, 'model_config',
+               lambda d, n, size=None, backbone=None: dict(recipe.SMALL, num_classes=n))
+    try:
+        for mining in ('global_max', 'row'):
+            out = tmp_path / mining
+            argv = recipe.ours_argv(root, w, str(out), LR, 2, STEPS, LR_STEPS)
+            assert train.main(argv + ['--channels_last', 'False', '--shuffle', 'False',
+                                      '--mining', mining]) == 0
+            weights = load_model_state(str(out / 'checkpoint.pth'))
+            assert recipe.compare(weights, theirs, start) == (0.0, 0.0)
+    finally:
+        mp.undo()
+
+
 @pytest.mark.parametrize('change', [dict(momentum=0.0), dict(lr_steps=())],
                          ids=['no_momentum', 'no_lr_step'])
 def test_the_check_sees_momentum_and_the_lr_step(voc, ours, change):

@@ -7,6 +7,10 @@ import torch.nn.functional as F
 from ..box_utils import encode, match_indices, pad_targets
 
 
+#: Hard-negative rankings (``MultiBoxLoss(mining=...)``, ``train.py --mining``).
+MINING = ('row', 'global_max')
+
+
 class MultiBoxLoss(nn.Module):
     """SSD weighted loss: Smooth-L1 localisation plus softmax confidence.
 
@@ -43,7 +47,12 @@ class MultiBoxLoss(nn.Module):
         neg_pos (3), neg_overlap (unused, 0.5), encode_target (unused, False),
         use_gpu (accepted; the device follows the inputs).
     Keyword-only: ``variance`` (0.1, 0.2); ``divide_by_n`` (True; False sums,
-        for the ablation in doc/loss_normalization.md).
+        for the ablation in doc/loss_normalization.md); ``mining`` ('row',
+        the default: the per-row ``log_softmax`` above; 'global_max':
+        ssd.pytorch's ranking as it is, ``log_sum_exp`` with one max over
+        the batch and its double sort, underflow included, so that training
+        reproduces ssd.pytorch's loop bit for bit: ``train.py --mining``,
+        doc/reproduction.md).
 
     Call ``loss((loc [B, P, 4], conf [B, P, C], priors [P, 4]), targets)``
     where targets is a list of ``[n_i, 5]`` tensors ``(x1, y1, x2, y2, label)``
@@ -58,8 +67,11 @@ class MultiBoxLoss(nn.Module):
     def __init__(self, num_classes, overlap_thresh=0.5, prior_for_matching=True,
                  bkg_label=0, neg_mining=True, neg_pos=3, neg_overlap=0.5,
                  encode_target=False, use_gpu=True, *, variance=(0.1, 0.2),
-                 divide_by_n=True):
+                 divide_by_n=True, mining='row'):
         super().__init__()
+        if mining not in MINING:
+            raise ValueError(f'mining must be one of {", ".join(MINING)}, got {mining!r}')
+        self.mining = mining
         self.num_classes = num_classes
         self.threshold = overlap_thresh
         self.background_label = bkg_label
@@ -145,9 +157,18 @@ class MultiBoxLoss(nn.Module):
         if not self.do_neg_mining:
             return torch.zeros_like(pos)
         bkg = self.background_label
+        num_neg = (self.negpos_ratio * num_pos).clamp(max=pos.shape[1] - 1)
+        if self.mining == 'global_max':          # ssd.pytorch's, line for line
+            x = conf_data.reshape(-1, conf_data.shape[-1])
+            x_max = x.max()
+            lse = torch.log(torch.sum(torch.exp(x - x_max), 1, keepdim=True)) + x_max
+            loss_c = (lse - x[:, bkg:bkg + 1]).view(pos.shape)
+            loss_c[pos] = 0
+            _, loss_idx = loss_c.sort(1, descending=True)
+            _, idx_rank = loss_idx.sort(1)
+            return (idx_rank < num_neg.expand_as(idx_rank)) & ~pos
         mining = -F.log_softmax(conf_data, dim=-1)[..., bkg]
         mining = mining.masked_fill(pos, 0.0)
-        num_neg = (self.negpos_ratio * num_pos).clamp(max=pos.shape[1] - 1)
         if mining.device.type == 'cpu':
             k = int(num_neg.max())
             loss_idx = mining.topk(k, dim=1).indices

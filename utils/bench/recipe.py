@@ -130,16 +130,21 @@ def our_order(num_images, batch_size, steps, seed=0):
 
 
 def run_reference(root, weights, cfg=voc, lr=1e-4, batch_size=2, steps=4, lr_steps=(),
-                  momentum=0.9, weight_decay=5e-4, gamma=0.1, seed=0, same_order=True):
+                  momentum=0.9, weight_decay=5e-4, gamma=0.1, seed=0, same_order=True,
+                  channels_last=None, order=None):
     """ssd.pytorch's loop from ``weights``: returns (state dict, history).
     ``same_order``: its batches hold the images in train.py's order (its own
     loader is unseeded, so that is one of its runs); else its shuffling
-    loader seeded with ``seed``."""
-    net = build_ssd('train', cfg['min_dim'], cfg['num_classes'], cfg=cfg)
+    loader seeded with ``seed``. ``order(it)`` (the dataset indices of each
+    batch) overrides both. ``channels_last`` goes to ``build_ssd`` (None:
+    the fastest format, as train.py's default; False: NCHW, ssd.pytorch's)."""
+    net = build_ssd('train', cfg['min_dim'], cfg['num_classes'], cfg=cfg,
+                    channels_last=channels_last)
     net.load_state_dict(load_model_state(weights))
     ds = ref.VOCDetection(root, [('2007', 'trainval'), ('2012', 'trainval')],
                           VOC_CLASSES, cfg['min_dim'], MEANS)
-    order = our_order(len(ds), batch_size, steps, seed) if same_order else None
+    if order is None and same_order:
+        order = our_order(len(ds), batch_size, steps, seed)
     hist = ref.train_loop(net, ds, cfg['num_classes'], batch_size, lr, momentum,
                           weight_decay, gamma, tuple(lr_steps) or (80000, 100000, 120000),
                           0, steps, seed, order=order)

@@ -21,6 +21,7 @@ from data.config import (BACKBONES, DEFAULT_BASENETS, DEFAULT_SIZES, eval_splits
 from data.augmentations import AUGMENTS
 from utils.engine.cli import (add_cuda_flag, add_dataset_flag, backbone_flag,  # noqa: F401
                               cuda_request, size_flag, str2bool)
+from layers.modules.multibox_loss import MINING
 from utils.training.finetune import parse_freeze
 
 #: Flags whose defaults come from the dataset's schedule.
@@ -141,7 +142,23 @@ def build_parser():
     a('--amp', default='off', nargs='?', const='bf16', choices=['off', 'bf16', 'fp16'],
       help='mixed precision on CUDA (--amp alone means bf16)')
     a('--seed', default=0, type=int, help='seed of weights, data order and augmentation')
-    a('--channels_last', action='store_true', help='NHWC memory format')
+    a('--channels_last', default=None, nargs='?', const=True, type=str2bool,
+      help='memory format of the network: True (or the flag alone) NHWC, False NCHW: '
+           'PyTorch\'s default convolutions, ssd.pytorch\'s numerics bit for bit '
+           '(doc/reproduction.md) (default: the fastest here, NHWC with oneDNN on the CPU '
+           'and on CUDA)')
+    a('--dist_timeout', default=600, type=positive_int, metavar='SECONDS',
+      help='under torchrun: how long a process waits for the others (every step, and '
+           'while rank 0 evaluates) before it stops with a one-line error naming the '
+           'stuck or dead peer; raise it when an evaluation takes longer (default: 600; '
+           'PyTorch\'s is 30 minutes)')
+    a('--shuffle', default=True, type=str2bool,
+      help='a seeded permutation of the training set every epoch; False: dataset order '
+           '(a fixed order another trainer can reproduce) (default: True)')
+    a('--mining', default='row', choices=MINING,
+      help='hard-negative ranking: row (the per-row log-softmax, exact for any logits) or '
+           'global_max (ssd.pytorch\'s log_sum_exp with one max over the batch, whose '
+           'underflow drops rows when logits spread by more than ~88) (default: row)')
     a('--compile', action='store_true', help='torch.compile the network')
     a('--sync_bn', action='store_true', help='SyncBatchNorm under DDP (BN models)')
     a('--augment', default=None, choices=AUGMENTS,

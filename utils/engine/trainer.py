@@ -29,7 +29,7 @@ from data.loader import make_loader, seed_all
 from utils.training.schedule import init_weights, lr_at, make_optimizer, set_lr
 from utils.training.state import (full_state, get_rng_state, is_full_checkpoint,
                                   restore_full_state, set_rng_state)
-from utils.training.step import (AMP_DTYPES, BadSamples, NonFinitePolicy, StopSignal,
+from utils.training.step import (AMP_DTYPES, BadSamples, NonFinitePolicy, NormStats, StopSignal,
                                  forward_backward, forward_backward_accum, optimizer_step)
 from utils.training.finetune import freeze, init_from_pretrained
 
@@ -155,7 +155,8 @@ def setup(args, info):
         r.notes.append(f'frozen: {", ".join(args.freeze)} ({n} parameters)')
     if args.sync_bn and info.distributed:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    fmt = torch.channels_last if args.channels_last else memory_format(net)  # build_ssd's fastest
+    fmt = (memory_format(net) if args.channels_last is None      # build_ssd's fastest
+           else torch.channels_last if args.channels_last else torch.contiguous_format)
     net.to(info.device, memory_format=fmt)
     if info.device.type == 'cuda':
         torch.backends.cudnn.benchmark = True     # fixed input size: autotuned convolutions
@@ -167,6 +168,7 @@ def setup(args, info):
                       base_lr=args.lr, lr_steps=list(args.lr_steps),
                       gamma=args.gamma, warmup=args.warmup, max_iter=args.max_iter)
     r.policy = NonFinitePolicy(args.nan_policy, args.nan_max_skips)
+    r.norm_stats = NormStats(net) if args.nan_policy == 'skip' else None
     if ckpt is not None:
         _resume(r, ckpt)
     model = net
@@ -177,7 +179,7 @@ def setup(args, info):
     r.model = torch.compile(model) if args.compile else model
     r.criterion = MultiBoxLoss(r.cfg['num_classes'], 0.5, True, 0, True, 3, 0.5, False,
                                info.device.type == 'cuda', variance=r.cfg['variance'],
-                               divide_by_n=not args.no_divide_by_n)
+                               divide_by_n=not args.no_divide_by_n, mining=args.mining)
     return r
 
 
@@ -299,8 +301,9 @@ def train(args):
     :class:`Run` (status 'finished' or 'interrupted'). Raises NonFiniteLoss /
     CheckpointError / ValueError with one-line messages."""
     from utils.engine.cli import device_index
-    info = D.init_distributed(args.cuda, device_index(getattr(args, 'device', None)))
-    lock = None
+    info = D.init_distributed(args.cuda, device_index(getattr(args, 'device', None)),
+                              getattr(args, 'dist_timeout', D.DIST_TIMEOUT))
+    lock, finished = None, False
     try:
         if info.is_main:          # one run per save folder (utils.training.lock)
             lock = SaveFolderLock(args.save_folder).acquire()
@@ -309,11 +312,12 @@ def train(args):
         if info.is_main:          # the run's settings, replayable (utils.engine.replay)
             write_run_config(r)
         _loop(r)
+        finished = True
         return r
     finally:
         if lock is not None:
             lock.release()
-        D.cleanup()
+        D.cleanup(barrier_first=finished)
 
 
 def write_run_config(r):
@@ -366,7 +370,7 @@ def _loop(r):
     loader = make_loader(r.train_ds, r.batch, args.seed, r.start_iter,
                          args.max_iter, info.rank, info.world_size, args.num_workers,
                          pin_memory=info.device.type == 'cuda',
-                         skip_bad=args.skip_bad, on_skip=r.bad)
+                         skip_bad=args.skip_bad, on_skip=r.bad, shuffle=args.shuffle)
     it = r.iteration = r.start_iter
     r.sound = True
     try:
@@ -422,6 +426,8 @@ def _iterate(r, loader, log, stop):
         set_lr(r.optimizer, lr)
         images = images.to(info.device, non_blocking=True, memory_format=r.fmt)
         targets = [t.to(info.device, non_blocking=True) for t in targets]
+        if r.norm_stats is not None:    # a skipped step must not keep its BN statistics
+            r.norm_stats.keep()
         if args.accum_steps > 1:        # K micro-batches, N summed over them
             loss_l, loss_c = forward_backward_accum(
                 r.model, r.criterion, images, targets, args.accum_steps, r.net.priors,
@@ -438,6 +444,8 @@ def _iterate(r, loader, log, stop):
             r.sound = True
         else:
             r.optimizer.zero_grad(set_to_none=True)
+            if r.norm_stats is not None:
+                r.norm_stats.restore()
             log.write(f'iteration {it}: non-finite loss {vals}, update skipped '
                       f'({r.policy.skipped} so far)')
         log.step(it, vals[0], vals[1], lr, images.shape[0] * info.world_size,
@@ -458,7 +466,7 @@ def _agree(bad, stop, device):
     if not D.env_world_size() > 1:
         return bad, bool(stop)
     t = torch.tensor([float(bad), float(bool(stop))], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    D.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t[0] > 0), bool(t[1] > 0)
 
 

@@ -11,6 +11,8 @@ Backend: NCCL when the processes use CUDA (one GPU per process, chosen by
 ``LOCAL_RANK``), gloo on the CPU. Only rank 0 logs and writes files
 (:func:`is_main`).
 """
+import datetime
+import functools
 import os
 from dataclasses import dataclass
 
@@ -61,11 +63,20 @@ def choose_device(cuda=None, local_rank=0, index=None):
     return torch.device('cpu')
 
 
-def init_distributed(cuda=None, index=None):
+#: Seconds a process waits for the others in a collective (``train.py
+#: --dist_timeout``); PyTorch's own default is 30 minutes.
+DIST_TIMEOUT = 600
+_timeout = DIST_TIMEOUT
+
+
+def init_distributed(cuda=None, index=None, timeout=DIST_TIMEOUT):
     """Initialise the process group when launched by torchrun (``WORLD_SIZE``
     > 1); return a :class:`DistInfo`. NCCL on CUDA, gloo on CPU. ``index``
     (``--device cuda:N``) is for one process: under torchrun each process
-    takes GPU LOCAL_RANK."""
+    takes GPU LOCAL_RANK. ``timeout`` (seconds): how long a collective waits
+    for a stuck or dead peer before :class:`PeerStopped` (one line)."""
+    global _timeout
+    _timeout = int(timeout)
     world_size = env_world_size()
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
     if index is not None and world_size > 1:
@@ -84,19 +95,51 @@ def init_distributed(cuda=None, index=None):
         restart = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
         store = dist.PrefixStore(f'ssd/restart{restart}', store)
         dist.init_process_group(backend=backend, store=store, rank=rank,
-                                world_size=world_size, **kw)
+                                world_size=world_size,
+                                timeout=datetime.timedelta(seconds=_timeout), **kw)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
-def cleanup():
-    """Destroy the process group, if any."""
+def _collective(fn):
+    """A collective that turns the backend's timeout (a peer stuck or dead
+    for ``--dist_timeout`` seconds) into a one-line :class:`PeerStopped`."""
+    @functools.wraps(fn)
+    def run(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except RuntimeError as e:       # DistBackendError, gloo's and NCCL's timeouts
+            if isinstance(e, PeerStopped) or 'timed out' not in str(e).lower() and \
+                    'timeout' not in str(e).lower():
+                raise
+            raise PeerStopped(f'process {dist.get_rank()}: no answer from the other '
+                              f'processes within --dist_timeout {_timeout} s in '
+                              f'{fn.__name__} (a peer is stuck or died); stopping') from None
+    return run
+
+
+def cleanup(barrier_first=False):
+    """Destroy the process group, if any; with ``barrier_first`` (a run that
+    finished) after every process has arrived, so that none tears the group
+    down while another still needs it."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if barrier_first:
+                barrier()
+        finally:
+            dist.destroy_process_group()
 
 
+@_collective
 def barrier():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+@_collective
+def all_reduce(t, op=dist.ReduceOp.SUM):
+    """``dist.all_reduce`` with the :func:`_collective` timeout message."""
+    dist.all_reduce(t, op=op)
+    return t
 
 
 def rank_seed(seed, rank):
@@ -118,6 +161,7 @@ class PeerStopped(RuntimeError):
     printed by that process); this one stops too, at the same iteration."""
 
 
+@_collective
 def first_failed(failed, device):
     """Every process says whether it ``failed``; returns the lowest failing
     rank, or None when none failed (always None in a world of one)."""
@@ -130,6 +174,7 @@ def first_failed(failed, device):
     return None if r >= world else r
 
 
+@_collective
 def check_same(value, what, device):
     """Raise ValueError when the integer ``value`` differs between the
     processes (e.g. the iteration each one resumed at)."""

@@ -92,6 +92,31 @@ class NonFiniteLoss(RuntimeError):
     """Training stopped on a NaN/Inf loss (the message says where)."""
 
 
+class NormStats:
+    """The BatchNorm running statistics of ``net`` (``running_mean``,
+    ``running_var``, ``num_batches_tracked``), kept before a step and put
+    back when ``--nan_policy skip`` drops it: the forward pass of a
+    non-finite batch has already folded it into them, and a NaN there would
+    poison every later evaluation. Free for networks without BatchNorm
+    (VGG16)."""
+
+    def __init__(self, net):
+        self.buffers = [b for m in net.modules()
+                        if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+                        for b in m.buffers()]
+        self.saved = None
+
+    def keep(self):
+        if self.buffers:
+            self.saved = [b.detach().clone() for b in self.buffers]
+
+    @torch.no_grad()
+    def restore(self):
+        if self.saved is not None:
+            for b, s in zip(self.buffers, self.saved):
+                b.copy_(s)
+
+
 class NonFinitePolicy:
     """What to do when ``loss_l`` or ``loss_c`` is NaN or Inf.
 
