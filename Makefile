@@ -52,6 +52,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m utils.bench.core
 	$(PY) -m utils.bench.train_step
+	$(PY) -m utils.bench.ssdlite
 	$(PY) -m utils.bench.onnx
 	$(PY) -m utils.bench.augment
 	$(PY) -m utils.bench.voc_eval

@@ -14,26 +14,8 @@ from layers import Detect
 from layers.backbones import mobilenet
 from ssd import build_ssd
 from utils import convert_torchvision as ct
+from utils.bench.ssdlite import randomise
 from utils.checkpoint import CheckpointError
-
-
-def randomise(model, seed=0):
-    """Non-degenerate random weights and BatchNorm statistics (torchvision's
-    own init, normal(0, 0.03), gives logits of 1e-20: every score ties)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) * 0.4 + 0.8)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.4 + 0.8)
-    return model
 
 
 @pytest.fixture(scope='module')
@@ -177,3 +159,14 @@ def test_wrong_torchvision_model_is_one_line(tmp_path, capsys):
     assert '\n' not in err and 'ssdlite320_mobilenet_v3_large' in err and 'ssd300_vgg16' in err
     with pytest.raises(CheckpointError, match='not a torchvision'):
         ct.model_of({'x': torch.zeros(1)})
+
+
+def test_ssdlite_benchmark_checks_before_it_times(tmp_path, capsys):
+    """python -m utils.bench.ssdlite: the same detections as torchvision's
+    on the benchmark's own weights and input, then its timings (one round)."""
+    from utils.bench import ssdlite
+    tv_model, net = ssdlite.models(str(tmp_path))
+    meds = ssdlite.bench_e2e(tv_model, net, repeats=1, batches=(1,))
+    out = capsys.readouterr().out
+    assert 'scores equal True [OK]' in out and 'ours is' in out
+    assert set(meds) == {1} and len(meds[1]) == 2

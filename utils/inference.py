@@ -28,7 +28,8 @@ def inference_phase(net, conf_thresh=None, top_k=None):
     det = net.detect
     saved = (net.phase, net.training, det.conf_thresh, det.top_k)
     net.phase = 'test'
-    net.eval()
+    if saved[1]:              # eval() walks every module (1.2 ms for SSDlite): only when needed
+        net.eval()
     if conf_thresh is not None:
         det.conf_thresh = conf_thresh
     if top_k is not None:
@@ -37,7 +38,8 @@ def inference_phase(net, conf_thresh=None, top_k=None):
         yield net
     finally:
         net.phase, det.conf_thresh, det.top_k = saved[0], saved[2], saved[3]
-        net.train(saved[1])
+        if saved[1]:
+            net.train(True)
 
 
 def split_detections(out, sizes, conf_thresh=0.0):
