@@ -166,7 +166,7 @@ def test_ssdlite_benchmark_checks_before_it_times(tmp_path, capsys):
     on the benchmark's own weights and input, then its timings (one round)."""
     from utils.bench import ssdlite
     tv_model, net = ssdlite.models(str(tmp_path))
-    meds = ssdlite.bench_e2e(tv_model, net, repeats=1, batches=(1,))
+    meds = ssdlite.bench_ssdlite_e2e(tv_model, net, repeats=1, batches=(1,))
     out = capsys.readouterr().out
     assert 'scores equal True [OK]' in out and 'ours is' in out
     assert set(meds) == {1} and len(meds[1]) == 2

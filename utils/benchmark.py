@@ -157,7 +157,7 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-def table(rows, meta):
+def format_table(rows, meta):
     """The printed table (markdown)."""
     out = [f"{meta['model']}: SSD{meta['size']}, {meta['dataset']} {meta['split']} "
            f"({meta['images']} images), {meta['threads']} threads, {meta['cpu']}",
@@ -208,7 +208,7 @@ def main(argv=None):
 
     def body():
         rows, meta = run(args)
-        print(table(rows, meta))
+        print(format_table(rows, meta))
         if args.json:
             folder = os.path.dirname(os.path.abspath(args.json))
             os.makedirs(folder, exist_ok=True)

@@ -49,7 +49,7 @@ SIGNATURES = {
 RECORD_KEY = 'ssd_basenet'
 
 
-def model_of(sd, path='<state dict>'):
+def classifier_of(sd, path='<state dict>'):
     """'mobilenet_v3_large', 'mobilenet_v2' or 'resnet50'; a one-line
     CheckpointError naming what was expected otherwise."""
     for name, keys in SIGNATURES.items():
@@ -87,7 +87,7 @@ def key_map(name, cfg):
 
 def convert_state(sd, path='<state dict>'):
     """``(trunk state dict, name, cfg)`` of torchvision's ImageNet ``sd``."""
-    name = model_of(sd, path)
+    name = classifier_of(sd, path)
     cfg = trunk_config(name, sd)
     out = {}
     for ours, theirs in key_map(name, cfg).items():

@@ -100,7 +100,7 @@ def _measure(fns, items, steps, repeats, warmup, device):
     return out
 
 
-def table(rows, device_name):
+def markdown_table(rows, device_name):
     """The markdown table of ``rows`` ``[(what, unit, {name: (value, note)})]``."""
     cols = ('ours', 'ours NCHW', 'torchvision')
     lines = [f'SSD300 on {device_name}, torch {torch.__version__}',
@@ -148,7 +148,7 @@ def run(device='cuda', batch=32, steps=5, repeats=3, warmup=3, budget=280,
         what = f'inference, batch {b}' + (', AMP bf16' if amp else ', fp32')
         rows.append((what, 'frames/s', res))
         print(what, {k: v[0] for k, v in res.items()}, flush=True)
-    text = table(rows, name)
+    text = markdown_table(rows, name)
     print(text)
     return rows, text
 

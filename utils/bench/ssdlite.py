@@ -100,7 +100,7 @@ def ours_run(pred):
     return lambda paths: pred([read_image(p) for p in paths])
 
 
-def check(tv, net, images):
+def check_same_outputs(tv, net, images):
     """Same normalised 320x320 input through both: raw heads and detections."""
     x = torch.from_numpy(np.stack([im[..., ::-1] for im in images]).copy()).permute(0, 3, 1, 2)
     x = x.float().div(255)
@@ -124,11 +124,11 @@ def check(tv, net, images):
     return same and d < 1e-4
 
 
-def bench_e2e(tv, net, repeats, batches=(1, 8)):
+def bench_ssdlite_e2e(tv, net, repeats, batches=(1, 8)):
     images = synthetic_images(max(batches))
     import cv2
     pred = predictor(net)            # torchvision's thresholds, for the check too
-    check(tv, net, [cv2.resize(im, (320, 320)) for im in images[:2]])
+    check_same_outputs(tv, net, [cv2.resize(im, (320, 320)) for im in images[:2]])
     meds = {}
     with tempfile.TemporaryDirectory() as folder:
         paths = jpeg_files(images, folder)
@@ -196,7 +196,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         tv, net = models(folder)
     if 'a' in args.only:
-        bench_e2e(tv, net, args.repeats)
+        bench_ssdlite_e2e(tv, net, args.repeats)
     if 'b' in args.only:
         bench_train(tv, net, args.repeats)
     print(f'load average {_load()} at the end')

@@ -157,7 +157,7 @@ def base_net(seed=0, channels_last=None):
     return build_ssd('train', SIZE, NUM_CLASSES, voc, channels_last=channels_last)
 
 
-def check(nets, images, targets):
+def check_gradients(nets, images, targets):
     """Print the losses and gradient differences: ours (default format) vs
     ours in NCHW vs ssd.pytorch's loss on the same network."""
     ours, nchw = nets
@@ -192,7 +192,7 @@ def bench_train_step(batch=4, repeats=3, device='cpu'):
     images, targets = images.to(device), [t.to(device) for t in targets]
     ours = base_net().to(device)
     nchw = base_net(channels_last=False).to(device)
-    check((ours, nchw), images, targets)
+    check_gradients((ours, nchw), images, targets)
     fmt = 'NHWC' if memory_format(ours) == torch.channels_last else 'NCHW'
     fns = {f'ours (default: {fmt})': ours_step(ours, images, targets),
            'ours in NCHW': ours_step(copy.deepcopy(nchw), images, targets),

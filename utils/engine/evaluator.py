@@ -107,7 +107,7 @@ def analysis(args, results, dets, gt, dataset):
     """--analysis DIR: the error analysis (``utils.evaluation.analysis``),
     printed and written; the gallery when the images are known (a dataset,
     or VOC's JPEGImages beside the annotations)."""
-    from utils.evaluation.analysis import table, write_analysis
+    from utils.evaluation.analysis import analysis_table, write_analysis
     from utils.evaluation.evaluate import image_ids
     if dataset is None and args.detections and resolve_dataset(args) == 'VOC':
         try:
@@ -122,7 +122,7 @@ def analysis(args, results, dets, gt, dataset):
     coco = results.get('coco', {}).get('stats')
     result, paths = write_analysis(dets, gt, args.analysis, args.analysis_thresh,
                                    args.gallery, pull, coco)
-    print(table(result))
+    print(analysis_table(result))
     print(f'analysis: {", ".join(os.path.basename(p) for p in paths)} in {args.analysis}'
           + ('' if pull else ' (no gallery: the images are not known)'))
     return result

@@ -61,7 +61,7 @@ def _iou(a, b):
     return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
-def match(dets, gt, ovthresh=0.5):
+def match_detections(dets, gt, ovthresh=0.5):
     """Per detection: ``tp`` / ``fp`` flags (float64 [D], the VOC matching of
     its class) and ``took`` (int64 [D]: the object a true positive found, -1
     for the others). Ignored detections (on difficult objects) have both
@@ -69,17 +69,14 @@ def match(dets, gt, ovthresh=0.5):
     any threshold match exactly as if the others did not exist."""
     tp, fp = np.zeros(len(dets)), np.zeros(len(dets))
     took = np.full(len(dets), -1, np.int64)
-    taken = np.zeros(gt.labels.size, bool)
     for c in range(len(gt.class_names)):
         d, g = np.flatnonzero(dets.labels == c), np.flatnonzero(gt.labels == c)
-        t, f, order = match_class(dets.img[d], dets.scores[d], dets.boxes[d], gt.img[g],
-                                  gt.boxes[g], gt.difficult[g], len(gt.image_ids), ovthresh)
+        t, f, order, obj = match_class(dets.img[d], dets.scores[d], dets.boxes[d], gt.img[g],
+                                       gt.boxes[g], gt.difficult[g], len(gt.image_ids),
+                                       ovthresh, objects=True)
         tp[d[order]], fp[d[order]] = t, f
-        for i in d[order][t > 0]:   # the object it took: its best one, as match_class finds it
-            cand = g[(gt.img[g] == dets.img[i]) & ~gt.difficult[g]]
-            cand = cand[~taken[cand]]
-            j = cand[int(np.argmax(_iou(dets.boxes[i][None], gt.boxes[cand])[0]))]
-            taken[j], took[i] = True, j
+        if g.size:                  # obj indexes this class's objects g
+            took[d[order]] = np.where(obj >= 0, g[np.maximum(obj, 0)], -1)
     return tp, fp, took
 
 
@@ -172,7 +169,7 @@ def ap_by_size(dets, gt, ovthresh=0.5):
 
 def analyse(dets, gt, thresh=0.5, coco_stats=None):
     """The analysis dict (``analysis.json``) and the per-image error counts."""
-    tp, fp, took = match(dets, gt)
+    tp, fp, took = match_detections(dets, gt)
     m, per_image, missed, false = confusion(dets, gt, tp, fp, took, thresh)
     by_size = ap_by_size(dets, gt)
     if coco_stats:
@@ -263,7 +260,7 @@ def gallery_png(dets, gt, errs, pull_image, n=16, thresh=0.5, tile=320):
     return buf.tobytes() if ok else None
 
 
-def table(result):
+def analysis_table(result):
     """The printed P/R/F1 table and AP by size."""
     t = result['thresh']
     lines = [f'Per class at score >= {t:g}, IoU 0.5 '

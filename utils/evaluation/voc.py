@@ -74,7 +74,9 @@ def _pad_by_image(gt_img, gt_boxes, gt_difficult, num_images):
     diff = np.zeros((num_images, max(m, 1)), dtype=bool)
     boxes[img, slot] = gt_boxes[order]
     diff[img, slot] = gt_difficult[order]
-    return boxes, diff, counts
+    index = np.full((num_images, max(m, 1)), -1, dtype=np.int64)
+    index[img, slot] = order            # the input position of each slot
+    return boxes, diff, counts, index
 
 
 def _best_overlap(bb, gt, counts, chunk=1 << 16):
@@ -102,7 +104,7 @@ def _best_overlap(bb, gt, counts, chunk=1 << 16):
 
 
 def match_class(det_img, det_scores, det_boxes, gt_img, gt_boxes, gt_difficult,
-                num_images, ovthresh=0.5):
+                num_images, ovthresh=0.5, objects=False):
     """Mark the detections of ONE class as true/false positives.
 
     Args:
@@ -114,18 +116,21 @@ def match_class(det_img, det_scores, det_boxes, gt_img, gt_boxes, gt_difficult,
 
     Returns:
         (tp, fp, order): float64 ``[D]`` 0/1 flags in ranked order, and the
-        ranking (indices into the inputs).
+        ranking (indices into the inputs). With ``objects`` also ``took``:
+        int64 ``[D]`` in ranked order, the object (index into the ``gt_*``
+        inputs) each true positive found, -1 for the other detections.
     """
     det_img = np.asarray(det_img, dtype=np.int64)
     conf = np.asarray(det_scores, dtype=np.float64)
     order = np.argsort(-conf)
     nd = order.size
     tp, fp = np.zeros(nd), np.zeros(nd)
+    took = np.full(nd, -1, dtype=np.int64)
     if nd == 0:
-        return tp, fp, order
+        return (tp, fp, order, took) if objects else (tp, fp, order)
     bb = np.asarray(det_boxes, dtype=np.float64)[order]
     img = det_img[order]
-    boxes, diff, counts = _pad_by_image(np.asarray(gt_img, dtype=np.int64),
+    boxes, diff, counts, index = _pad_by_image(np.asarray(gt_img, dtype=np.int64),
                                         np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4),
                                         np.asarray(gt_difficult, dtype=bool), num_images)
     ovmax, jmax = _best_overlap(bb, boxes[img], counts[img])
@@ -139,6 +144,9 @@ def match_class(det_img, det_scores, det_boxes, gt_img, gt_boxes, gt_difficult,
     fp[:] = 1.
     fp[cand[first]] = 0.
     fp[hit_difficult] = 0.
+    if objects:
+        took[cand[first]] = index[img[cand[first]], jmax[cand[first]]]
+        return tp, fp, order, took
     return tp, fp, order
 
 
